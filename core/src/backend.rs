@@ -1,0 +1,130 @@
+//! What a transport provides (SPEC §8).
+//!
+//! A backend is a provider behind two small traits: [`Backend`] (one per Connector) and
+//! [`Peer`] (a connected remote endpoint, cached by the backend). Each operation's moving part
+//! is a [`Transfer`], which the operation drives with [`Transfer::poll_event`] and ends with
+//! [`Transfer::cancel`].
+//!
+//! Memory is lent to a backend only inside those calls: when posting (`expose`, `post`), on
+//! every poll and on cancel. Backends that move host bytes themselves (sim, tcp) copy or serve
+//! them there; backends whose hardware reads memory directly (nixl, ucx) use the addresses, and
+//! must have stopped all access when `cancel` returns.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::descriptor::{Descriptor, Region};
+use crate::device::{Device, DeviceKind};
+use crate::error::Error;
+use crate::key::NotificationKey;
+use crate::metadata::{EndpointBlob, RdmaMetadata};
+use crate::state::Event;
+use crate::status::OperationKind;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a backend can do, for validation, for `ferry probe` and for conformance opt-outs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The backend's name, as in metadata tags (`sim`, `tcp`, `ucx`, `nixl`).
+    pub backend: &'static str,
+    /// The memory kinds it can move.
+    pub devices: Vec<DeviceKind>,
+    /// Whether a passive operation sees its peer start (and so reports `InProgress`).
+    pub passive_observes_start: bool,
+    /// Whether a passive operation sees its peer vanish (and ends `Errored(PeerLost)`).
+    pub passive_observes_peer_loss: bool,
+    /// Whether ending a passive operation is enforced: a peer holding its metadata gets an
+    /// error, never a byte. False where revocation rests on deregistration that a live
+    /// registration can outlast (SPEC §7, §9).
+    pub enforces_revocation: bool,
+    /// Whether two Connectors on different hosts can pair.
+    pub cross_host: bool,
+}
+
+impl Capabilities {
+    /// Whether the backend can reach memory on `device`.
+    pub fn reaches(&self, device: Device) -> bool {
+        self.devices.contains(&device.kind())
+    }
+}
+
+/// A backend's handle for one registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegistrationId(pub u64);
+
+/// A passive operation, exposed.
+pub struct Exposed {
+    /// The endpoint blob for the metadata's `nixl_metadata` field.
+    pub endpoint: EndpointBlob,
+    /// The moving part.
+    pub transfer: Box<dyn Transfer>,
+}
+
+/// One transport, one per Connector.
+pub trait Backend: Send + Sync + 'static {
+    /// What it can do.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// A fresh notification key. Real transports draw 122 bits from the operating system; the
+    /// simulator draws them from its seeded generator so runs replay.
+    fn new_key(&self) -> NotificationKey;
+
+    /// Registers (pins) a region for transfers. Called before a region is exposed or posted,
+    /// unless a live registration already covers it.
+    fn register(&self, region: Region) -> Result<RegistrationId, Error>;
+
+    /// Ends a registration.
+    fn deregister(&self, id: RegistrationId);
+
+    /// Exposes local memory to a peer under `key`: a readable (`kind == Read`) or a writable.
+    fn expose<'a>(
+        &'a self,
+        kind: OperationKind,
+        key: NotificationKey,
+        local: &'a [Descriptor<'_>],
+    ) -> BoxFuture<'a, Result<Exposed, Error>>;
+
+    /// Connects to the peer an endpoint blob names. Backends cache peers by identity and never
+    /// reconnect per operation.
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a EndpointBlob,
+    ) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>>;
+
+    /// A future that is ready after `duration` of the backend's clock (virtual in the
+    /// simulator). Deadlines are built on it.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// A connected peer.
+pub trait Peer: Send + Sync {
+    /// Posts a read (`kind == Read`: pull `remote` into `local`) or a write (push `local` into
+    /// `remote`), eagerly, with the completion notification to follow the data. Validation has
+    /// already run.
+    fn post<'a>(
+        &'a self,
+        kind: OperationKind,
+        remote: &'a RdmaMetadata,
+        local: &'a mut [Descriptor<'_>],
+    ) -> BoxFuture<'a, Result<Box<dyn Transfer>, Error>>;
+}
+
+/// The moving part of one operation.
+pub trait Transfer: Send {
+    /// Drives the transfer. Returns the next event for the state machine —
+    /// [`Event::PeerStarted`], [`Event::Completed`], [`Event::PeerCancelled`] or
+    /// [`Event::Failed`] — or `Pending` after arranging for `cx`'s waker to be woken (never by
+    /// sleeping in a loop). `local` is the operation's memory; a backend that lands bytes
+    /// itself does so here, and reports `Completed` only once every byte is in `local`.
+    fn poll_event(&mut self, cx: &mut Context<'_>, local: &mut [Descriptor<'_>]) -> Poll<Event>;
+
+    /// Cancels: an active transfer tells its peer (SPEC §5), a passive one revokes access.
+    /// When this returns the backend no longer touches `local`. Never called after a terminal
+    /// event.
+    fn cancel(&mut self, local: &mut [Descriptor<'_>]);
+}
