@@ -125,6 +125,12 @@ pub trait Transfer: Send {
 
     /// Cancels: an active transfer tells its peer (SPEC §5), a passive one revokes access.
     /// When this returns the backend no longer touches `local`. Never called after a terminal
-    /// event.
-    fn cancel(&mut self, local: &mut [Descriptor<'_>]);
+    /// event has been returned by `poll_event`.
+    ///
+    /// Cancel can race completion. If the transfer had already reached a terminal event that
+    /// `poll_event` has not yet returned, `cancel` returns it instead of cancelling (so each
+    /// operation gets exactly one terminal state); a passive transfer that returns
+    /// [`Event::Completed`] here has landed every byte in `local` first. It never posts a new
+    /// transfer.
+    fn cancel(&mut self, local: &mut [Descriptor<'_>]) -> Option<Event>;
 }

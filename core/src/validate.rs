@@ -59,7 +59,7 @@ pub fn validate_active(
     }
     check_devices(local, Side::Local, capabilities)?;
     let remote_regions: Vec<Region> = remote.descriptors.iter().map(|d| d.region()).collect();
-    check_mixed(&remote_regions, Side::Remote)?;
+    check_devices(&remote_regions, Side::Remote, capabilities)?;
     if local.len() != remote.descriptors.len() {
         return Err(Error::CountMismatch {
             local: local.len(),

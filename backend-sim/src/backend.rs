@@ -1,0 +1,415 @@
+//! The sim's implementation of ferry-core's Backend, Peer and Transfer.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_core::state::Event;
+use ferry_core::{
+    Backend, BoxFuture, Capabilities, Descriptor, DeviceKind, EndpointBlob, Error, Exposed,
+    NotificationKey, OperationKind, Peer, RdmaMetadata, RegistrationId, Region, Side, Transfer,
+};
+
+use crate::world::{apply, crashed_error, NodeId, OpId, OpSlot, Payload, SimWorld, SlotEvent};
+
+const BLOB_VERSION: u32 = 1;
+
+/// One Connector's place in a [`SimWorld`].
+#[derive(Debug)]
+pub struct SimBackend {
+    world: SimWorld,
+    node: NodeId,
+    capabilities: Capabilities,
+    peers: Mutex<BTreeMap<NodeId, Arc<SimPeer>>>,
+}
+
+impl SimBackend {
+    /// Adds a node named `name` to `world`. Must be called inside a tokio runtime: the world's
+    /// clock runs as a task on it.
+    pub fn new(world: &SimWorld, name: &str) -> Result<Self, Error> {
+        world.start_driver()?;
+        let node = world.lock().add_node(name);
+        Ok(SimBackend {
+            world: world.clone(),
+            node,
+            capabilities: Capabilities {
+                backend: "sim",
+                devices: vec![DeviceKind::Host],
+                passive_observes_start: true,
+                passive_observes_peer_loss: true,
+                enforces_revocation: true,
+                cross_host: false,
+            },
+            peers: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// This node's id, for fault injection.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The world this node lives in.
+    pub fn world(&self) -> &SimWorld {
+        &self.world
+    }
+
+    fn endpoint(&self, world_id: u64) -> EndpointBlob {
+        let mut payload = world_id.to_le_bytes().to_vec();
+        payload.extend_from_slice(&self.node.0.to_le_bytes());
+        EndpointBlob::Tagged {
+            backend: "sim".into(),
+            version: BLOB_VERSION,
+            payload,
+        }
+    }
+}
+
+impl Backend for SimBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn new_key(&self) -> NotificationKey {
+        self.world.lock().new_key()
+    }
+
+    fn register(&self, region: Region) -> Result<RegistrationId, Error> {
+        let mut world = self.world.lock();
+        if world.node(self.node).crashed {
+            return Err(crashed_error());
+        }
+        Ok(RegistrationId(world.new_registration(self.node, region)))
+    }
+
+    fn deregister(&self, id: RegistrationId) {
+        self.world.lock().node_mut(self.node).registrations.remove(&id.0);
+    }
+
+    fn expose<'a>(
+        &'a self,
+        kind: OperationKind,
+        key: NotificationKey,
+        local: &'a [Descriptor<'_>],
+    ) -> BoxFuture<'a, Result<Exposed, Error>> {
+        let regions: Vec<Region> = local.iter().map(Descriptor::region).collect();
+        // A readable's bytes are copied out now, while the operation lends them: the world must
+        // serve reads without the operation being polled, as one-sided RDMA would. The borrow
+        // keeps them immutable until the operation ends, so the copy is exact.
+        let snapshot = match kind {
+            OperationKind::Read => local.iter().map(|d| Bytes::copy_from_slice(d.as_slice())).collect(),
+            OperationKind::Write => Vec::new(),
+        };
+        let result = (|| {
+            let mut world = self.world.lock();
+            if world.node(self.node).crashed {
+                return Err(crashed_error());
+            }
+            let staged = vec![Vec::new(); regions.len()];
+            let op = world.add_op(OpSlot {
+                node: self.node,
+                peer: None,
+                kind,
+                passive: true,
+                key,
+                regions,
+                snapshot,
+                staged,
+                events: Default::default(),
+                waker: None,
+                ended: false,
+            });
+            if !world.node_mut(self.node).keys.insert(key, op) {
+                world.remove_op(op);
+                return Err(Error::Backend {
+                    backend: "sim",
+                    side: Side::Local,
+                    code: DUPLICATE_KEY,
+                    message: format!("key {key} is already live on this node"),
+                });
+            }
+            let endpoint = self.endpoint(world.id);
+            Ok(Exposed {
+                endpoint,
+                transfer: Box::new(SimTransfer {
+                    world: self.world.clone(),
+                    op,
+                    node: self.node,
+                    peer: None,
+                    passive: true,
+                    kind,
+                    key,
+                }),
+            })
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn connect<'a>(&'a self, endpoint: &'a EndpointBlob) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>> {
+        Box::pin(std::future::ready(self.connect_now(endpoint)))
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        let id = self.world.lock().add_timer(duration);
+        self.world.shared.doorbell.notify_one();
+        Box::pin(SimSleep {
+            world: self.world.clone(),
+            id,
+        })
+    }
+}
+
+/// The sim's code for a key that is already live (two operations drew the same key).
+pub const DUPLICATE_KEY: i64 = 2;
+
+impl SimBackend {
+    fn connect_now(&self, endpoint: &EndpointBlob) -> Result<Arc<dyn Peer>, Error> {
+        let EndpointBlob::Tagged {
+            backend,
+            version,
+            payload,
+        } = endpoint
+        else {
+            return Err(Error::BackendMismatch {
+                expected: "sim".into(),
+                found: endpoint.backend().into(),
+            });
+        };
+        if backend != "sim" {
+            return Err(Error::BackendMismatch {
+                expected: "sim".into(),
+                found: backend.clone(),
+            });
+        }
+        let (Ok(world_id), Ok(node), BLOB_VERSION) = (
+            payload.get(..8).unwrap_or_default().try_into().map(u64::from_le_bytes),
+            payload.get(8..12).unwrap_or_default().try_into().map(u32::from_le_bytes),
+            *version,
+        ) else {
+            return Err(Error::InvalidMetadata {
+                reason: format!("sim blob version {version} with {} payload bytes", payload.len()),
+            });
+        };
+        let node = NodeId(node);
+        {
+            let world = self.world.lock();
+            if world.id != world_id || node.0 as usize >= world.nodes.len() {
+                return Err(Error::PeerLost {
+                    reason: format!("sim node {} of world {world_id} is not in this world", node.0),
+                });
+            }
+            if world.node(node).crashed {
+                return Err(Error::PeerLost {
+                    reason: format!("sim node {} crashed", node.0),
+                });
+            }
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = peers.entry(node).or_insert_with(|| {
+            Arc::new(SimPeer {
+                world: self.world.clone(),
+                node: self.node,
+                peer: node,
+            })
+        });
+        Ok(peer.clone())
+    }
+}
+
+/// A connected sim node.
+#[derive(Debug)]
+struct SimPeer {
+    world: SimWorld,
+    node: NodeId,
+    peer: NodeId,
+}
+
+impl Peer for SimPeer {
+    fn post<'a>(
+        &'a self,
+        kind: OperationKind,
+        remote: &'a RdmaMetadata,
+        local: &'a mut [Descriptor<'_>],
+    ) -> BoxFuture<'a, Result<Box<dyn Transfer>, Error>> {
+        // A write's bytes leave now (posted eagerly), while the operation lends them.
+        let pieces: Vec<(u64, Bytes)> = match kind {
+            OperationKind::Write => remote
+                .descriptors
+                .iter()
+                .zip(local.iter())
+                .map(|(r, l)| (r.ptr, Bytes::copy_from_slice(l.as_slice())))
+                .collect(),
+            OperationKind::Read => Vec::new(),
+        };
+        let result = (|| {
+            let mut world = self.world.lock();
+            if world.node(self.node).crashed {
+                return Err(crashed_error());
+            }
+            if world.node(self.peer).crashed {
+                return Err(Error::PeerLost {
+                    reason: format!("sim node {} crashed", self.peer.0),
+                });
+            }
+            let key = remote.notification_key;
+            let op = world.add_op(OpSlot {
+                node: self.node,
+                peer: Some(self.peer),
+                kind,
+                passive: false,
+                key,
+                regions: local.iter().map(Descriptor::region).collect(),
+                snapshot: Vec::new(),
+                staged: Vec::new(),
+                events: Default::default(),
+                waker: None,
+                ended: false,
+            });
+            let payload = match kind {
+                OperationKind::Read => Payload::ReadRequest {
+                    op,
+                    key,
+                    ranges: remote.descriptors.iter().map(|d| (d.ptr, d.size)).collect(),
+                },
+                OperationKind::Write => Payload::WriteRequest { op, key, pieces },
+            };
+            world.send(self.node, self.peer, payload);
+            Ok(Box::new(SimTransfer {
+                world: self.world.clone(),
+                op,
+                node: self.node,
+                peer: Some(self.peer),
+                passive: false,
+                kind,
+                key,
+            }) as Box<dyn Transfer>)
+        })();
+        self.world.shared.doorbell.notify_one();
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// One operation's handle on the world.
+#[derive(Debug)]
+struct SimTransfer {
+    world: SimWorld,
+    op: OpId,
+    node: NodeId,
+    peer: Option<NodeId>,
+    passive: bool,
+    kind: OperationKind,
+    key: NotificationKey,
+}
+
+impl SimTransfer {
+    /// Lands a writable's staged bytes in local memory.
+    fn land_staged(slot: &OpSlot, local: &mut [Descriptor<'_>]) {
+        for (pieces, descriptor) in slot.staged.iter().zip(local.iter_mut()) {
+            if let Some(target) = descriptor.as_mut_slice() {
+                apply(pieces, target);
+            }
+        }
+    }
+}
+
+impl Transfer for SimTransfer {
+    fn poll_event(&mut self, cx: &mut Context<'_>, local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        let mut world = self.world.lock();
+        let Some(slot) = world.ops.get_mut(&self.op) else {
+            return Poll::Ready(Event::Failed(crashed_error()));
+        };
+        match slot.events.pop_front() {
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Some(SlotEvent::Core(Event::Completed)) if self.passive && self.kind == OperationKind::Write => {
+                Self::land_staged(slot, local);
+                Poll::Ready(Event::Completed)
+            }
+            Some(SlotEvent::Core(event)) => Poll::Ready(event),
+            Some(SlotEvent::ReadData(data)) => {
+                slot.ended = true;
+                let sizes_match = data.len() == local.len()
+                    && data.iter().zip(local.iter()).all(|(d, l)| d.len() == l.len());
+                if !sizes_match {
+                    return Poll::Ready(Event::Failed(Error::AccessDenied {
+                        side: Side::Remote,
+                        reason: "the peer answered with regions of other sizes".into(),
+                    }));
+                }
+                for (bytes, descriptor) in data.iter().zip(local.iter_mut()) {
+                    if let Some(target) = descriptor.as_mut_slice() {
+                        target.copy_from_slice(bytes);
+                    }
+                }
+                // Every byte is in local memory; the notification follows the data.
+                let peer = self.peer.unwrap_or(self.node);
+                world.send(self.node, peer, Payload::Notify(self.key.completion_message()));
+                drop(world);
+                self.world.shared.doorbell.notify_one();
+                Poll::Ready(Event::Completed)
+            }
+        }
+    }
+
+    fn cancel(&mut self, local: &mut [Descriptor<'_>]) -> Option<Event> {
+        let mut world = self.world.lock();
+        let slot = world.ops.get_mut(&self.op)?;
+        let decided = slot.events.iter().find_map(|e| match e {
+            SlotEvent::Core(e @ (Event::Completed | Event::PeerCancelled | Event::Failed(_))) => Some(e.clone()),
+            _ => None,
+        });
+        if let Some(event) = decided {
+            if event == Event::Completed && self.passive && self.kind == OperationKind::Write {
+                Self::land_staged(slot, local);
+            }
+            slot.events.clear();
+            return Some(event);
+        }
+        let tell_peer = !self.passive && !slot.ended;
+        world.end_op(self.op);
+        if tell_peer {
+            if let Some(peer) = self.peer {
+                world.send(self.node, peer, Payload::Notify(self.key.cancel_message()));
+                drop(world);
+                self.world.shared.doorbell.notify_one();
+            }
+        }
+        None
+    }
+}
+
+impl Drop for SimTransfer {
+    fn drop(&mut self) {
+        self.world.lock().remove_op(self.op);
+    }
+}
+
+/// A sleep on the world's virtual clock.
+struct SimSleep {
+    world: SimWorld,
+    id: u64,
+}
+
+impl Future for SimSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.world.lock().poll_timer(self.id, cx.waker()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for SimSleep {
+    fn drop(&mut self) {
+        self.world.lock().remove_timer(self.id);
+    }
+}

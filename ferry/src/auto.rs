@@ -1,0 +1,135 @@
+//! Choosing a backend at run time: `Connector::auto()` and `ferry probe`.
+
+use std::sync::Arc;
+
+use ferry_core::{Backend, Error};
+
+use crate::connector::Connector;
+
+/// The environment variable that overrides [`Connector::auto`]'s choice (`sim`, `tcp`, `ucx`,
+/// `nixl`).
+pub const BACKEND_ENV: &str = "FERRY_BACKEND";
+
+/// Transport backends in order of preference, best first; `sim` is the fallback.
+pub const PREFERENCE: [&str; 3] = ["nixl", "ucx", "tcp"];
+
+/// What `ferry probe` reports about one backend.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackendProbe {
+    /// The backend's name.
+    pub name: &'static str,
+    /// Whether this build contains it (its Cargo feature is on).
+    pub built: bool,
+    /// `None` if usable on this machine, else why not.
+    pub unusable: Option<String>,
+}
+
+/// What [`probe`] found, and what [`Connector::auto`] would pick.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Probe {
+    /// Every backend ferry knows, built or not.
+    pub backends: Vec<BackendProbe>,
+    /// The backend `Connector::auto()` would pick, or why it would fail.
+    pub choice: Result<&'static str, String>,
+    /// Why it would pick that one.
+    pub reason: String,
+}
+
+/// Looks at this build and this machine.
+pub fn probe() -> Probe {
+    let backends: Vec<BackendProbe> = PREFERENCE
+        .iter()
+        .chain(["sim"].iter())
+        .map(|&name| {
+            let built = built(name);
+            BackendProbe {
+                name,
+                built,
+                unusable: (!built).then(|| format!("not in this build (enable the cargo feature `{name}`)")),
+            }
+        })
+        .collect();
+    let (choice, reason) = match choose(&backends) {
+        Ok((name, reason)) => (Ok(name), reason),
+        Err(e) => (Err(e.to_string()), format!("{BACKEND_ENV} names a backend that cannot run")),
+    };
+    Probe {
+        backends,
+        choice,
+        reason,
+    }
+}
+
+fn built(name: &str) -> bool {
+    match name {
+        "sim" => cfg!(feature = "sim"),
+        _ => false,
+    }
+}
+
+fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
+    let usable = |name: &str| backends.iter().find(|b| b.name == name && b.unusable.is_none());
+    if let Ok(wanted) = std::env::var(BACKEND_ENV) {
+        let wanted = wanted.trim().to_ascii_lowercase();
+        return match backends.iter().find(|b| b.name == wanted) {
+            Some(b) if b.unusable.is_none() => Ok((b.name, format!("{BACKEND_ENV}={wanted}"))),
+            Some(b) => Err(Error::BackendUnavailable {
+                backend: b.name,
+                reason: b.unusable.clone().unwrap_or_default(),
+            }),
+            None => Err(Error::BackendUnavailable {
+                backend: "unknown",
+                reason: format!("{BACKEND_ENV}={wanted:?} is not one of nixl, ucx, tcp, sim"),
+            }),
+        };
+    }
+    if let Some(b) = PREFERENCE.iter().find_map(|name| usable(name)) {
+        return Ok((b.name, "the most capable usable transport in this build".into()));
+    }
+    if usable("sim").is_some() {
+        return Ok((
+            "sim",
+            "no transport backend is usable in this build, so the in-memory simulator: it pairs \
+             Connectors of this process only"
+                .into(),
+        ));
+    }
+    Err(Error::BackendUnavailable {
+        backend: "none",
+        reason: "this build contains no backend; enable one of the features nixl, ucx, tcp, sim".into(),
+    })
+}
+
+/// The backend `Connector::auto()` and a builder without a backend use.
+pub(crate) fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn Backend>, Error> {
+    let (name, reason) = choose(&probe().backends)?;
+    if name == "sim" {
+        tracing::warn!(%reason, "ferry is using the sim backend");
+    } else {
+        tracing::debug!(backend = name, %reason, "ferry backend chosen");
+    }
+    match name {
+        #[cfg(feature = "sim")]
+        "sim" => {
+            let world = crate::sim::default_world();
+            let name = worker_id.unwrap_or("worker");
+            Ok(Arc::new(ferry_backend_sim::SimBackend::new(&world, name)?))
+        }
+        other => {
+            let _ = worker_id;
+            Err(Error::BackendUnavailable {
+                backend: "unknown",
+                reason: format!("{other} was chosen but this build cannot construct it"),
+            })
+        }
+    }
+}
+
+impl Connector {
+    /// A Connector on the best backend usable here: nixl, then ucx, then tcp. `FERRY_BACKEND`
+    /// overrides the choice. The in-memory simulator is used only when named or when the build
+    /// contains nothing else, and then a warning says so (`ferry probe` explains the choice).
+    pub async fn auto() -> Result<Connector, Error> {
+        Connector::builder().build().await
+    }
+}
