@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ferry_core::state::Event;
 use ferry_core::{
     Backend, BoxFuture, Capabilities, Descriptor, DeviceKind, EndpointBlob, Error, Exposed,
-    NotificationKey, OperationKind, Peer, RdmaMetadata, RegistrationId, Region, Side, Transfer,
+    NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
 };
 
 use crate::world::{apply, crashed_error, NodeId, OpId, OpSlot, Payload, SimWorld, SlotEvent};
@@ -87,7 +87,11 @@ impl Backend for SimBackend {
     }
 
     fn deregister(&self, id: RegistrationId) {
-        self.world.lock().node_mut(self.node).registrations.remove(&id.0);
+        self.world
+            .lock()
+            .node_mut(self.node)
+            .registrations
+            .remove(&id.0);
     }
 
     fn expose<'a>(
@@ -101,7 +105,10 @@ impl Backend for SimBackend {
         // serve reads without the operation being polled, as one-sided RDMA would. The borrow
         // keeps them immutable until the operation ends, so the copy is exact.
         let snapshot = match kind {
-            OperationKind::Read => local.iter().map(|d| Bytes::copy_from_slice(d.as_slice())).collect(),
+            OperationKind::Read => local
+                .iter()
+                .map(|d| Bytes::copy_from_slice(d.as_slice()))
+                .collect(),
             OperationKind::Write => Vec::new(),
         };
         let result = (|| {
@@ -149,7 +156,10 @@ impl Backend for SimBackend {
         Box::pin(std::future::ready(result))
     }
 
-    fn connect<'a>(&'a self, endpoint: &'a EndpointBlob) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>> {
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a EndpointBlob,
+    ) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>> {
         Box::pin(std::future::ready(self.connect_now(endpoint)))
     }
 
@@ -186,12 +196,23 @@ impl SimBackend {
             });
         }
         let (Ok(world_id), Ok(node), BLOB_VERSION) = (
-            payload.get(..8).unwrap_or_default().try_into().map(u64::from_le_bytes),
-            payload.get(8..12).unwrap_or_default().try_into().map(u32::from_le_bytes),
+            payload
+                .get(..8)
+                .unwrap_or_default()
+                .try_into()
+                .map(u64::from_le_bytes),
+            payload
+                .get(8..12)
+                .unwrap_or_default()
+                .try_into()
+                .map(u32::from_le_bytes),
             *version,
         ) else {
             return Err(Error::InvalidMetadata {
-                reason: format!("sim blob version {version} with {} payload bytes", payload.len()),
+                reason: format!(
+                    "sim blob version {version} with {} payload bytes",
+                    payload.len()
+                ),
             });
         };
         let node = NodeId(node);
@@ -199,7 +220,10 @@ impl SimBackend {
             let world = self.world.lock();
             if world.id != world_id || node.0 as usize >= world.nodes.len() {
                 return Err(Error::PeerLost {
-                    reason: format!("sim node {} of world {world_id} is not in this world", node.0),
+                    reason: format!(
+                        "sim node {} of world {world_id} is not in this world",
+                        node.0
+                    ),
                 });
             }
             if world.node(node).crashed {
@@ -327,48 +351,32 @@ impl Transfer for SimTransfer {
                 slot.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            Some(SlotEvent::Core(Event::Completed)) if self.passive && self.kind == OperationKind::Write => {
+            Some(SlotEvent::Core(Event::Completed))
+                if self.passive && self.kind == OperationKind::Write =>
+            {
                 Self::land_staged(slot, local);
                 Poll::Ready(Event::Completed)
             }
             Some(SlotEvent::Core(event)) => Poll::Ready(event),
-            Some(SlotEvent::ReadData(data)) => {
-                slot.ended = true;
-                let sizes_match = data.len() == local.len()
-                    && data.iter().zip(local.iter()).all(|(d, l)| d.len() == l.len());
-                if !sizes_match {
-                    return Poll::Ready(Event::Failed(Error::AccessDenied {
-                        side: Side::Remote,
-                        reason: "the peer answered with regions of other sizes".into(),
-                    }));
-                }
-                for (bytes, descriptor) in data.iter().zip(local.iter_mut()) {
-                    if let Some(target) = descriptor.as_mut_slice() {
-                        target.copy_from_slice(bytes);
-                    }
-                }
-                // Every byte is in local memory; the notification follows the data.
-                let peer = self.peer.unwrap_or(self.node);
-                world.send(self.node, peer, Payload::Notify(self.key.completion_message()));
-                drop(world);
-                self.world.shared.doorbell.notify_one();
-                Poll::Ready(Event::Completed)
-            }
+            Some(SlotEvent::ReadData(data)) => Poll::Ready(land_read(&data, local)),
         }
     }
 
     fn cancel(&mut self, local: &mut [Descriptor<'_>]) -> Option<Event> {
         let mut world = self.world.lock();
         let slot = world.ops.get_mut(&self.op)?;
-        let decided = slot.events.iter().find_map(|e| match e {
-            SlotEvent::Core(e @ (Event::Completed | Event::PeerCancelled | Event::Failed(_))) => Some(e.clone()),
-            _ => None,
+        // Cancel lost the race if the world already decided the outcome: the bytes of a read
+        // have arrived (they land now, before the memory is given back), a writable's
+        // notification came, or the transfer failed or was cancelled by the peer.
+        let decided = slot.events.drain(..).find_map(|event| match event {
+            SlotEvent::ReadData(data) => Some(land_read(&data, local)),
+            SlotEvent::Core(Event::PeerStarted) => None,
+            SlotEvent::Core(event) => Some(event),
         });
         if let Some(event) = decided {
             if event == Event::Completed && self.passive && self.kind == OperationKind::Write {
                 Self::land_staged(slot, local);
             }
-            slot.events.clear();
             return Some(event);
         }
         let tell_peer = !self.passive && !slot.ended;
@@ -382,6 +390,27 @@ impl Transfer for SimTransfer {
         }
         None
     }
+}
+
+/// Lands a read's bytes in local memory; `Completed` if they fit exactly.
+fn land_read(data: &[Bytes], local: &mut [Descriptor<'_>]) -> Event {
+    let sizes_match = data.len() == local.len()
+        && data
+            .iter()
+            .zip(local.iter())
+            .all(|(d, l)| d.len() == l.len());
+    if !sizes_match {
+        return Event::Failed(Error::AccessDenied {
+            side: Side::Remote,
+            reason: "the peer answered with regions of other sizes".into(),
+        });
+    }
+    for (bytes, descriptor) in data.iter().zip(local.iter_mut()) {
+        if let Some(target) = descriptor.as_mut_slice() {
+            target.copy_from_slice(bytes);
+        }
+    }
+    Event::Completed
 }
 
 impl Drop for SimTransfer {

@@ -35,4 +35,6 @@ mod rng;
 mod world;
 
 pub use backend::{SimBackend, DUPLICATE_KEY};
-pub use world::{LinkConfig, NodeId, NotificationFault, SimWorld, SimWorldBuilder, WorldStats, CRASHED};
+pub use world::{
+    LinkConfig, NodeId, NotificationFault, SimWorld, SimWorldBuilder, WorldStats, CRASHED,
+};

@@ -117,8 +117,12 @@ impl Payload {
 
     fn size(&self) -> u64 {
         let data = match self {
-            Payload::ReadReply { result: Ok(data), .. } => data.iter().map(|b| b.len() as u64).sum(),
-            Payload::WriteRequest { pieces, .. } => pieces.iter().map(|(_, b)| b.len() as u64).sum(),
+            Payload::ReadReply {
+                result: Ok(data), ..
+            } => data.iter().map(|b| b.len() as u64).sum(),
+            Payload::WriteRequest { pieces, .. } => {
+                pieces.iter().map(|(_, b)| b.len() as u64).sum()
+            }
             Payload::Notify(m) => m.len() as u64,
             Payload::ReadRequest { ranges, .. } => 16 * ranges.len() as u64,
             _ => 0,
@@ -129,7 +133,11 @@ impl Payload {
 
 #[derive(Debug)]
 enum Scheduled {
-    Message { from: NodeId, to: NodeId, payload: Payload },
+    Message {
+        from: NodeId,
+        to: NodeId,
+        payload: Payload,
+    },
     Timer(u64),
 }
 
@@ -340,7 +348,11 @@ impl SimWorld {
             live_operations: world.ops.len(),
             live_keys: world.nodes.iter().map(|n| n.keys.len()).sum(),
             live_timers: world.timers.len(),
-            in_flight: world.scheduled.values().filter(|s| matches!(s, Scheduled::Message { .. })).count(),
+            in_flight: world
+                .scheduled
+                .values()
+                .filter(|s| matches!(s, Scheduled::Message { .. }))
+                .count(),
             unmatched_notifications: world.nodes.iter().map(|n| n.keys.unmatched()).sum(),
             registrations: world.nodes.iter().map(|n| n.registrations.len()).sum(),
             ..world.stats
@@ -349,7 +361,10 @@ impl SimWorld {
 
     /// The name a node was created with.
     pub fn node_name(&self, node: NodeId) -> Option<String> {
-        self.lock().nodes.get(node.0 as usize).map(|n| n.name.clone())
+        self.lock()
+            .nodes
+            .get(node.0 as usize)
+            .map(|n| n.name.clone())
     }
 
     /// Crashes a node, as if its process died: messages to and from it are lost, its own
@@ -357,7 +372,9 @@ impl SimWorld {
     /// (the simulator observes peer loss on both sides).
     pub fn crash(&self, node: NodeId) {
         let mut world = self.lock();
-        let Some(n) = world.nodes.get_mut(node.0 as usize) else { return };
+        let Some(n) = world.nodes.get_mut(node.0 as usize) else {
+            return;
+        };
         n.crashed = true;
         let keys: Vec<NotificationKey> = n.keys.iter().map(|(k, _)| *k).collect();
         for key in keys {
@@ -405,8 +422,16 @@ impl SimWorld {
     }
 
     /// Applies `fault` to the next `count` notifications sent from `from` to `to`.
-    pub fn fault_notifications(&self, from: NodeId, to: NodeId, fault: NotificationFault, count: u32) {
-        self.lock().notification_faults.push((from, to, fault, count));
+    pub fn fault_notifications(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        fault: NotificationFault,
+        count: u32,
+    ) {
+        self.lock()
+            .notification_faults
+            .push((from, to, fault, count));
     }
 
     /// Starts the clock on the current tokio runtime, unless it is running already. A driver
@@ -431,7 +456,10 @@ impl SimWorld {
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, World> {
     // A panic while holding the lock can only come from a bug in this crate; the world's
     // invariants hold between statements, so carrying on is sound.
-    shared.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .world
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn crashed_error() -> Error {
@@ -464,7 +492,9 @@ async fn drive(world: Weak<Shared>, doorbell: Arc<Notify>, _alive: AliveGuard) {
         let notified = doorbell.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let Some(shared) = world.upgrade() else { return };
+        let Some(shared) = world.upgrade() else {
+            return;
+        };
         let delivered = lock(&shared).step();
         drop(shared);
         if !delivered {
@@ -589,28 +619,46 @@ impl World {
                 }
             }
         }
-        let link = self.links.get(&(from, to)).copied().unwrap_or(self.default_link);
+        let link = self
+            .links
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(self.default_link);
         let transmit = payload.size().saturating_mul(1_000_000_000) / link.bandwidth.max(1);
-        let free_at = self.link_free_at.get(&(from, to)).copied().unwrap_or(0).max(self.now);
+        let free_at = self
+            .link_free_at
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(0)
+            .max(self.now);
         let done = free_at.saturating_add(transmit);
         self.link_free_at.insert((from, to), done);
         let jitter = self.rng.below(duration_ns(link.jitter).saturating_add(1));
-        let arrive = done.saturating_add(duration_ns(link.latency)).saturating_add(jitter);
-        let last = self.link_last_delivery.get(&(from, to)).copied().unwrap_or(0);
+        let arrive = done
+            .saturating_add(duration_ns(link.latency))
+            .saturating_add(jitter);
+        let last = self
+            .link_last_delivery
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(0);
         let arrive = arrive.max(last);
         self.link_last_delivery.insert((from, to), arrive);
-        self.schedule(arrive.saturating_add(extra), Scheduled::Message { from, to, payload });
+        self.schedule(
+            arrive.saturating_add(extra),
+            Scheduled::Message { from, to, payload },
+        );
     }
 
     fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
-        self.partitions.contains(&(from, to))
-            || self.node(from).crashed
-            || self.node(to).crashed
+        self.partitions.contains(&(from, to)) || self.node(from).crashed || self.node(to).crashed
     }
 
     /// Delivers every event due at the earliest pending time; `false` if nothing is pending.
     pub(crate) fn step(&mut self) -> bool {
-        let Some(&Reverse((at, _))) = self.queue.peek() else { return false };
+        let Some(&Reverse((at, _))) = self.queue.peek() else {
+            return false;
+        };
         self.now = self.now.max(at);
         while let Some(&Reverse((t, seq))) = self.queue.peek() {
             if t > at {
@@ -627,7 +675,8 @@ impl World {
     fn record(&mut self, tag: u8, from: NodeId, to: NodeId, size: u64) {
         self.trace.write_u64(self.now);
         self.trace.write(&[tag]);
-        self.trace.write_u64(u64::from(from.0) << 32 | u64::from(to.0));
+        self.trace
+            .write_u64(u64::from(from.0) << 32 | u64::from(to.0));
         self.trace.write_u64(size);
         self.trace_events += 1;
     }
@@ -664,33 +713,36 @@ impl World {
     fn handle(&mut self, from: NodeId, to: NodeId, payload: Payload) {
         match payload {
             Payload::ReadRequest { op, key, ranges } => {
-                let result = self
-                    .serve(to, from, key, OperationKind::Read)
-                    .and_then(|slot| {
-                        ranges
-                            .iter()
-                            .map(|&(addr, len)| {
-                                let (i, offset) = locate(&slot.regions, addr, len)?;
-                                Ok(slot.snapshot[i].slice(offset as usize..(offset + len) as usize))
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    });
+                let result =
+                    self.serve(to, from, key, OperationKind::Read)
+                        .and_then(|slot| {
+                            ranges
+                                .iter()
+                                .map(|&(addr, len)| {
+                                    let (i, offset) = locate(&slot.regions, addr, len)?;
+                                    Ok(slot.snapshot[i]
+                                        .slice(offset as usize..(offset + len) as usize))
+                                })
+                                .collect::<Result<Vec<_>, _>>()
+                        });
                 if result.is_err() {
                     self.stats.refused += 1;
                 }
                 self.send(to, from, Payload::ReadReply { op, result });
             }
             Payload::WriteRequest { op, key, pieces } => {
-                let result = self.serve(to, from, key, OperationKind::Write).and_then(|slot| {
-                    let placed = pieces
-                        .iter()
-                        .map(|(addr, data)| locate(&slot.regions, *addr, data.len() as u64))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    for ((i, offset), (_, data)) in placed.into_iter().zip(pieces) {
-                        stage(&mut slot.staged[i], slot.regions[i].len, offset, data);
-                    }
-                    Ok(())
-                });
+                let result = self
+                    .serve(to, from, key, OperationKind::Write)
+                    .and_then(|slot| {
+                        let placed = pieces
+                            .iter()
+                            .map(|(addr, data)| locate(&slot.regions, *addr, data.len() as u64))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        for ((i, offset), (_, data)) in placed.into_iter().zip(pieces) {
+                            stage(&mut slot.staged[i], slot.regions[i].len, offset, data);
+                        }
+                        Ok(())
+                    });
                 if result.is_err() {
                     self.stats.refused += 1;
                 }
@@ -698,12 +750,18 @@ impl World {
             }
             Payload::ReadReply { op, result } => {
                 if let Some(slot) = self.ops.get_mut(&op).filter(|s| !s.ended) {
+                    slot.ended = true;
                     match result {
-                        Ok(data) => slot.push(SlotEvent::ReadData(data)),
-                        Err(cause) => {
-                            slot.ended = true;
-                            slot.push(SlotEvent::Core(Event::Failed(cause)));
+                        Ok(data) => {
+                            let key = slot.key;
+                            slot.push(SlotEvent::ReadData(data));
+                            // The bytes have reached the reader, as a one-sided read's would
+                            // have without the reader's CPU; the notification follows them.
+                            // They land in the reader's memory before its operation reports
+                            // Complete (poll or cancel).
+                            self.send(to, from, Payload::Notify(key.completion_message()));
                         }
+                        Err(cause) => slot.push(SlotEvent::Core(Event::Failed(cause))),
                     }
                 }
             }
@@ -729,7 +787,9 @@ impl World {
                     None => return,
                 };
                 // First matching notification wins; the key is consumed.
-                let Some(op) = node.keys.take(&key) else { return };
+                let Some(op) = node.keys.take(&key) else {
+                    return;
+                };
                 if let Some(slot) = self.ops.get_mut(&op) {
                     slot.ended = true;
                     slot.push(SlotEvent::Core(event));
@@ -739,7 +799,13 @@ impl World {
     }
 
     /// The live passive operation `key` names on `node`, if `from` may use it as `kind`.
-    fn serve(&mut self, node: NodeId, from: NodeId, key: NotificationKey, kind: OperationKind) -> Result<&mut OpSlot, Error> {
+    fn serve(
+        &mut self,
+        node: NodeId,
+        from: NodeId,
+        key: NotificationKey,
+        kind: OperationKind,
+    ) -> Result<&mut OpSlot, Error> {
         let op = *self.node(node).keys.get(&key).ok_or(Error::StaleMetadata)?;
         let slot = self.ops.get_mut(&op).ok_or(Error::StaleMetadata)?;
         if slot.kind != kind {

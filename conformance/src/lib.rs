@@ -1,1 +1,130 @@
-//! placeholder
+//! ferry-conformance: SPEC §11's suite. Each rule is written once, as an async function generic
+//! over a [`Harness`], and compiled for every backend by [`conformance_suite!`], which puts the
+//! backend's tests in a module named after it: `cargo test -p ferry-conformance -- tcp` runs
+//! exactly the tcp rules.
+//!
+//! A backend that cannot honour a rule (it cannot inject a fault, or cannot observe something)
+//! returns [`Skip`] with its reason, and the test prints `skipped: <reason>`.
+//!
+//! ```text
+//! ferry_conformance::conformance_suite!(sim, ferry_conformance::sim::SimHarness::new());
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use ferry::Connector;
+
+pub mod rules;
+#[cfg(feature = "sim")]
+pub mod sim;
+
+/// Why a backend does not run a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip(pub String);
+
+/// What a rule returns: `Ok` when it ran and held (a broken rule panics), `Err(Skip)` when the
+/// backend cannot run it.
+pub type Outcome = Result<(), Skip>;
+
+/// Options for a Connector made by a harness.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The worker name.
+    pub name: String,
+    /// A per-operation deadline for the Connector.
+    pub deadline: Option<Duration>,
+    /// Registration cache capacity.
+    pub registration_cache: usize,
+}
+
+impl Options {
+    /// Options with just a name.
+    pub fn named(name: &str) -> Self {
+        Options {
+            name: name.to_owned(),
+            ..Options::default()
+        }
+    }
+}
+
+/// A notification fault, for backends that can inject one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFault {
+    /// Lose the notification.
+    Drop,
+    /// Deliver it this much later.
+    Delay(Duration),
+}
+
+/// How many operations and keys a backend still holds, for leak checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveState {
+    /// Operations the backend holds state for.
+    pub operations: usize,
+    /// Passive keys still accepted.
+    pub keys: usize,
+}
+
+/// What a backend provides to the suite. One harness per test: a fresh world, process or
+/// listener set.
+pub trait Harness: Send + Sync + 'static {
+    /// A new Connector.
+    fn connector(&self, options: Options) -> impl Future<Output = Connector> + Send;
+
+    /// Kills a Connector as if its process died.
+    fn crash(&self, connector: &Connector) -> Result<(), Skip>;
+
+    /// Applies `fault` to the next `count` notifications from `from` to `to`.
+    fn fault_notifications(
+        &self,
+        from: &Connector,
+        to: &Connector,
+        fault: NotifyFault,
+        count: u32,
+    ) -> Result<(), Skip>;
+
+    /// Cuts the link between two Connectors.
+    fn partition(&self, a: &Connector, b: &Connector) -> Result<(), Skip>;
+
+    /// What the backend still holds.
+    fn live_state(&self) -> Result<LiveState, Skip>;
+}
+
+/// Runs one rule with a bound on real time: a rule that hangs fails.
+pub async fn run<H, F, Fut>(harness: H, rule: F)
+where
+    F: FnOnce(H) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    match tokio::time::timeout(Duration::from_secs(60), rule(harness)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(Skip(reason))) => println!("skipped: {reason}"),
+        Err(_) => panic!("the rule did not finish within 60 s: something hangs"),
+    }
+}
+
+/// Instantiates every rule for one backend, in a module named `$backend`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:ident, $harness:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__each_rule!($harness);
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rule_test {
+    ($harness:expr; $family:ident :: $rule:ident) => {
+        #[tokio::test]
+        async fn $rule() {
+            $crate::run($harness, $crate::rules::$family::$rule).await
+        }
+    };
+}

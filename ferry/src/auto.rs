@@ -45,13 +45,17 @@ pub fn probe() -> Probe {
             BackendProbe {
                 name,
                 built,
-                unusable: (!built).then(|| format!("not in this build (enable the cargo feature `{name}`)")),
+                unusable: (!built)
+                    .then(|| format!("not in this build (enable the cargo feature `{name}`)")),
             }
         })
         .collect();
     let (choice, reason) = match choose(&backends) {
         Ok((name, reason)) => (Ok(name), reason),
-        Err(e) => (Err(e.to_string()), format!("{BACKEND_ENV} names a backend that cannot run")),
+        Err(e) => (
+            Err(e.to_string()),
+            format!("{BACKEND_ENV} names a backend that cannot run"),
+        ),
     };
     Probe {
         backends,
@@ -68,7 +72,11 @@ fn built(name: &str) -> bool {
 }
 
 fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
-    let usable = |name: &str| backends.iter().find(|b| b.name == name && b.unusable.is_none());
+    let usable = |name: &str| {
+        backends
+            .iter()
+            .find(|b| b.name == name && b.unusable.is_none())
+    };
     if let Ok(wanted) = std::env::var(BACKEND_ENV) {
         let wanted = wanted.trim().to_ascii_lowercase();
         return match backends.iter().find(|b| b.name == wanted) {
@@ -84,7 +92,10 @@ fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
         };
     }
     if let Some(b) = PREFERENCE.iter().find_map(|name| usable(name)) {
-        return Ok((b.name, "the most capable usable transport in this build".into()));
+        return Ok((
+            b.name,
+            "the most capable usable transport in this build".into(),
+        ));
     }
     if usable("sim").is_some() {
         return Ok((
@@ -96,7 +107,8 @@ fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
     }
     Err(Error::BackendUnavailable {
         backend: "none",
-        reason: "this build contains no backend; enable one of the features nixl, ucx, tcp, sim".into(),
+        reason: "this build contains no backend; enable one of the features nixl, ucx, tcp, sim"
+            .into(),
     })
 }
 

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use ferry_core::state::{Event, Role};
 use ferry_core::{
-    validate_active, validate_passive, Backend, Capabilities, CacheStats, Descriptor, Error,
-    OperationKind, PinTicket, RdmaMetadata, RegistrationCache, RegistrationId, Region,
+    validate_active, validate_passive, Backend, CacheStats, Capabilities, Descriptor, Error,
+    OperationKind, PinTicket, RdmaMetadata, Region, RegistrationCache, RegistrationId,
     RemoteDescriptor,
 };
 
-use crate::operation::{OpCore, Operation, Read, Readable, Write, Writable};
+use crate::operation::{OpCore, Operation, Read, Readable, Writable, Write};
 
 /// A worker's handle on one backend. Makes operations. Cheap to clone, `Send + Sync`.
 ///
@@ -123,7 +123,11 @@ impl ConnectorBuilder {
             None => crate::auto::default_backend(self.worker_id.as_deref())?,
         };
         let worker_id = self.worker_id.unwrap_or_else(|| {
-            format!("ferry-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+            format!(
+                "ferry-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )
         });
         Ok(Connector {
             inner: Arc::new(Inner {
@@ -204,9 +208,13 @@ impl Connector {
         metadata: &RdmaMetadata,
         descriptors: impl IntoIterator<Item = Descriptor<'buf>>,
     ) -> Result<Operation<'buf, Read>, Error> {
-        self.begin_active(OperationKind::Read, metadata, descriptors.into_iter().collect())
-            .await
-            .map(Operation::new)
+        self.begin_active(
+            OperationKind::Read,
+            metadata,
+            descriptors.into_iter().collect(),
+        )
+        .await
+        .map(Operation::new)
     }
 
     /// Pushes `descriptors` into a peer's writable (described by `metadata`). Posted eagerly.
@@ -216,9 +224,13 @@ impl Connector {
         descriptors: impl IntoIterator<Item = Descriptor<'buf>>,
         metadata: &RdmaMetadata,
     ) -> Result<Operation<'buf, Write>, Error> {
-        self.begin_active(OperationKind::Write, metadata, descriptors.into_iter().collect())
-            .await
-            .map(Operation::new)
+        self.begin_active(
+            OperationKind::Write,
+            metadata,
+            descriptors.into_iter().collect(),
+        )
+        .await
+        .map(Operation::new)
     }
 
     /// Registers `descriptors` once, for as long as the returned [`Registration`] lives, so
@@ -257,7 +269,13 @@ impl Connector {
         validate_passive(kind, backend.capabilities(), &regions, &writable)?;
         let registrations = self.inner.register_for_op(&regions)?;
         let key = backend.new_key();
-        let mut core = OpCore::new(self.inner.clone(), Role::Passive, kind, descriptors, registrations);
+        let mut core = OpCore::new(
+            self.inner.clone(),
+            Role::Passive,
+            kind,
+            descriptors,
+            registrations,
+        );
         let exposed = backend.expose(kind, key, &core.descriptors).await?;
         core.metadata = Some(RdmaMetadata {
             descriptors: regions.into_iter().map(RemoteDescriptor::from).collect(),
@@ -281,7 +299,13 @@ impl Connector {
         let endpoint = metadata.endpoint()?;
         let peer = backend.connect(&endpoint).await?;
         let registrations = self.inner.register_for_op(&regions)?;
-        let mut core = OpCore::new(self.inner.clone(), Role::Active, kind, descriptors, registrations);
+        let mut core = OpCore::new(
+            self.inner.clone(),
+            Role::Active,
+            kind,
+            descriptors,
+            registrations,
+        );
         let transfer = peer.post(kind, metadata, &mut core.descriptors).await?;
         core.start(transfer, Event::Posted);
         Ok(core)
@@ -289,7 +313,10 @@ impl Connector {
 }
 
 fn summarise(descriptors: &[Descriptor<'_>]) -> (Vec<Region>, Vec<bool>) {
-    descriptors.iter().map(|d| (d.region(), d.is_writable())).unzip()
+    descriptors
+        .iter()
+        .map(|d| (d.region(), d.is_writable()))
+        .unzip()
 }
 
 impl Inner {
@@ -374,7 +401,9 @@ impl Registration<'_> {
 
 impl std::fmt::Debug for Registration<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registration").field("regions", &self.entries.len()).finish()
+        f.debug_struct("Registration")
+            .field("regions", &self.entries.len())
+            .finish()
     }
 }
 

@@ -68,9 +68,18 @@ impl DemoReport {
 
 /// Runs the demo between two new Connectors of the default backend. `progress` is called
 /// after each transfer with (done, total).
-pub async fn run(config: DemoConfig, mut progress: impl FnMut(usize, usize)) -> Result<DemoReport, Error> {
-    let prefill = Connector::builder().worker_id("demo-prefill").build().await?;
-    let decode = Connector::builder().worker_id("demo-decode").build().await?;
+pub async fn run(
+    config: DemoConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<DemoReport, Error> {
+    let prefill = Connector::builder()
+        .worker_id("demo-prefill")
+        .build()
+        .await?;
+    let decode = Connector::builder()
+        .worker_id("demo-decode")
+        .build()
+        .await?;
     run_between(&prefill, &decode, config, &mut progress).await
 }
 
@@ -111,7 +120,10 @@ pub async fn run_between(
                     .await?;
                 let metadata = RdmaMetadata::from_json(&readable.metadata().to_json())?;
                 let mut op = b
-                    .begin_read(&metadata, landing.chunks_mut(chunk).map(Descriptor::from_mut_slice))
+                    .begin_read(
+                        &metadata,
+                        landing.chunks_mut(chunk).map(Descriptor::from_mut_slice),
+                    )
                     .await?;
                 op.wait_for_completion().await?;
                 readable.wait_for_completion().await?;
@@ -124,10 +136,16 @@ pub async fn run_between(
         let elapsed = started.elapsed().as_secs_f64();
         cycles.sort();
         pairings.push(PairingReport {
-            name: if write { "write -> writable" } else { "read <- readable" },
+            name: if write {
+                "write -> writable"
+            } else {
+                "read <- readable"
+            },
             operations: config.iterations,
             bytes: config.bytes,
-            descriptors: config.bytes.div_ceil(config.bytes.div_ceil(config.descriptors.max(1)).max(1)),
+            descriptors: config
+                .bytes
+                .div_ceil(config.bytes.div_ceil(config.descriptors.max(1)).max(1)),
             verified,
             throughput: (config.bytes * config.iterations) as f64 / elapsed.max(1e-9),
             p50: cycles.get(cycles.len() / 2).copied().unwrap_or_default(),

@@ -54,7 +54,9 @@ pub use ferry_core::{
     Backend, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, NotificationKey,
     OperationKind, OperationStatus, RdmaMetadata, Region, RemoteDescriptor, Side,
 };
-pub use operation::{kind, Operation, ReadOperation, ReadableOperation, WritableOperation, WriteOperation};
+pub use operation::{
+    kind, Operation, ReadOperation, ReadableOperation, WritableOperation, WriteOperation,
+};
 
 /// The core crate, for backend authors.
 pub use ferry_core as core;

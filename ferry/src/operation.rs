@@ -150,7 +150,10 @@ impl<K: kind::Passive> Operation<'_, K> {
     /// (`metadata().to_json()`).
     pub fn metadata(&self) -> &RdmaMetadata {
         // Invariant: passive operations are only built with metadata (Connector::create_*).
-        self.core.metadata.as_ref().expect("passive operations carry metadata")
+        self.core
+            .metadata
+            .as_ref()
+            .expect("passive operations carry metadata")
     }
 
     /// The key the peer's completion notification must carry.
@@ -257,7 +260,10 @@ impl<'buf> OpCore<'buf> {
     }
 
     pub(crate) fn outcome(&self) -> Result<(), Error> {
-        self.machine.state().outcome().unwrap_or(Err(Error::Timeout))
+        self.machine
+            .state()
+            .outcome()
+            .unwrap_or(Err(Error::Timeout))
     }
 
     pub(crate) fn cancel(&mut self) {

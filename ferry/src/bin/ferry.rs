@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use ferry::demo::{DemoConfig, DemoReport};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Move tensors and KV-cache blocks between inference workers")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Move tensors and KV-cache blocks between inference workers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +72,10 @@ fn demo(config: DemoConfig) -> ExitCode {
         // Anything that takes more than a second shows progress.
         if started.elapsed() > Duration::from_secs(1) || shown {
             shown = true;
-            eprint!("\r  {done}/{total} transfers ({:.1} s)", started.elapsed().as_secs_f64());
+            eprint!(
+                "\r  {done}/{total} transfers ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
             let _ = std::io::stderr().flush();
         }
     }));
@@ -100,7 +107,10 @@ fn print_report(report: &DemoReport, config: DemoConfig) {
         report.pairings.first().map_or(0, |p| p.descriptors),
         config.iterations
     );
-    println!("{:<18} {:>9} {:>12} {:>12} {:>12}", "pairing", "verified", "GB/s", "p50 cycle", "max cycle");
+    println!(
+        "{:<18} {:>9} {:>12} {:>12} {:>12}",
+        "pairing", "verified", "GB/s", "p50 cycle", "max cycle"
+    );
     for p in &report.pairings {
         println!(
             "{:<18} {:>9} {:>12.2} {:>9.0} µs {:>9.0} µs",
@@ -131,7 +141,11 @@ fn probe(json: bool) -> ExitCode {
             None => "yes".to_string(),
             Some(why) => format!("no: {why}"),
         };
-        println!("{:<7} {:<6} {usable}", b.name, if b.built { "yes" } else { "no" });
+        println!(
+            "{:<7} {:<6} {usable}",
+            b.name,
+            if b.built { "yes" } else { "no" }
+        );
     }
     match &probe.choice {
         Ok(name) => println!("Connector::auto() picks: {name} ({})", probe.reason),

@@ -1,0 +1,179 @@
+//! The rules, one function each, grouped by SPEC §11's families.
+
+use ferry::{Connector, Descriptor, Error, Operation, RdmaMetadata};
+
+pub use crate::{Harness, LiveState, NotifyFault, Options, Outcome, Skip};
+pub use ferry::demo::pattern;
+
+pub mod cancel;
+pub mod completion;
+pub mod concurrency;
+pub mod deadlines;
+pub mod metadata;
+pub mod pairing;
+pub mod peer_loss;
+pub mod registration;
+pub mod states;
+pub mod validation;
+
+/// Two Connectors of one harness.
+pub async fn pair<H: Harness>(h: &H) -> (Connector, Connector) {
+    (
+        h.connector(Options::named("a")).await,
+        h.connector(Options::named("b")).await,
+    )
+}
+
+/// `a` exposes a readable over descriptors of `sizes`, `b` reads it; both wait; the bytes are
+/// verified.
+pub async fn read_cycle(
+    a: &Connector,
+    b: &Connector,
+    sizes: &[usize],
+    seed: u64,
+) -> Result<(), Error> {
+    let sources: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| pattern(n, seed * 131 + i as u64))
+        .collect();
+    let mut landings: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+    {
+        let mut readable = a
+            .create_readable(sources.iter().map(|s| Descriptor::from_slice(s)))
+            .await?;
+        let metadata = RdmaMetadata::from_json(&readable.metadata().to_json())?;
+        let mut read = b
+            .begin_read(
+                &metadata,
+                landings.iter_mut().map(|l| Descriptor::from_mut_slice(l)),
+            )
+            .await?;
+        read.wait_for_completion().await?;
+        readable.wait_for_completion().await?;
+    }
+    assert!(
+        landings == sources,
+        "read of {sizes:?} landed the wrong bytes"
+    );
+    Ok(())
+}
+
+/// `b` exposes a writable over descriptors of `sizes`, `a` writes into it; both wait; the
+/// bytes are verified.
+pub async fn write_cycle(
+    a: &Connector,
+    b: &Connector,
+    sizes: &[usize],
+    seed: u64,
+) -> Result<(), Error> {
+    let sources: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| pattern(n, seed * 137 + i as u64))
+        .collect();
+    let mut landings: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+    {
+        let mut writable = b
+            .create_writable(landings.iter_mut().map(|l| Descriptor::from_mut_slice(l)))
+            .await?;
+        let metadata = RdmaMetadata::from_json(&writable.metadata().to_json())?;
+        let mut write = a
+            .begin_write(sources.iter().map(|s| Descriptor::from_slice(s)), &metadata)
+            .await?;
+        write.wait_for_completion().await?;
+        writable.wait_for_completion().await?;
+    }
+    assert!(
+        landings == sources,
+        "write of {sizes:?} landed the wrong bytes"
+    );
+    Ok(())
+}
+
+/// The outcome of an active operation whether the backend refuses at `begin_*` or on wait
+/// ("as soon as the peer answers").
+pub async fn active_outcome<K>(begun: Result<Operation<'_, K>, Error>) -> Result<(), Error> {
+    match begun {
+        Ok(mut op) => op.wait_for_completion().await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Expands to one test per rule: the one list of rules.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __each_rule {
+    ($harness:expr) => {
+        $crate::__rule_test!($harness; pairing::pairing_read_pulls_readable_bytes);
+        $crate::__rule_test!($harness; pairing::pairing_write_pushes_into_writable);
+        $crate::__rule_test!($harness; pairing::pairing_one_byte);
+        $crate::__rule_test!($harness; pairing::pairing_64_mib);
+        $crate::__rule_test!($harness; pairing::pairing_size_ladder);
+        $crate::__rule_test!($harness; pairing::pairing_64_descriptors);
+        $crate::__rule_test!($harness; pairing::pairing_descriptor_counts);
+        $crate::__rule_test!($harness; pairing::pairing_zero_size_descriptors);
+        $crate::__rule_test!($harness; pairing::pairing_owned_buffers_in_tasks);
+        $crate::__rule_test!($harness; pairing::pairing_shared_memory_sources);
+        $crate::__rule_test!($harness; pairing::pairing_through_json);
+        $crate::__rule_test!($harness; validation::validation_read_on_writable_metadata);
+        $crate::__rule_test!($harness; validation::validation_write_on_readable_metadata);
+        $crate::__rule_test!($harness; validation::validation_empty_descriptor_lists);
+        $crate::__rule_test!($harness; validation::validation_count_mismatch);
+        $crate::__rule_test!($harness; validation::validation_size_mismatch);
+        $crate::__rule_test!($harness; validation::validation_size_mismatch_write_moves_nothing);
+        $crate::__rule_test!($harness; validation::validation_mixed_devices);
+        $crate::__rule_test!($harness; validation::validation_backend_mismatch);
+        $crate::__rule_test!($harness; validation::validation_stale_after_complete);
+        $crate::__rule_test!($harness; validation::validation_stale_after_cancel);
+        $crate::__rule_test!($harness; validation::validation_stale_unknown_key);
+        $crate::__rule_test!($harness; validation::validation_unsupported_device);
+        $crate::__rule_test!($harness; validation::validation_read_only_memory);
+        $crate::__rule_test!($harness; validation::validation_refusal_loses_nothing);
+        $crate::__rule_test!($harness; states::states_passive_starts_initialized);
+        $crate::__rule_test!($harness; states::states_active_posted_eagerly);
+        $crate::__rule_test!($harness; states::states_passive_in_progress_when_peer_starts);
+        $crate::__rule_test!($harness; states::states_both_sides_complete);
+        $crate::__rule_test!($harness; states::states_cancel_after_complete_is_a_no_op);
+        $crate::__rule_test!($harness; states::states_cancelled_is_sticky);
+        $crate::__rule_test!($harness; states::states_errored_is_sticky);
+        $crate::__rule_test!($harness; states::states_dynamo_numbering);
+        $crate::__rule_test!($harness; completion::completion_keys_are_uuid_v4);
+        $crate::__rule_test!($harness; completion::completion_notification_follows_data);
+        $crate::__rule_test!($harness; completion::completion_first_notification_wins);
+        $crate::__rule_test!($harness; completion::completion_no_accumulation);
+        $crate::__rule_test!($harness; completion::completion_wakes_without_polling);
+        $crate::__rule_test!($harness; cancel::cancel_active_read_in_progress);
+        $crate::__rule_test!($harness; cancel::cancel_active_write_in_progress);
+        $crate::__rule_test!($harness; cancel::cancel_drop_active_tells_peer);
+        $crate::__rule_test!($harness; cancel::cancel_passive_initialized_revokes);
+        $crate::__rule_test!($harness; cancel::cancel_drop_passive_revokes);
+        $crate::__rule_test!($harness; cancel::cancel_drop_passive_in_progress);
+        $crate::__rule_test!($harness; cancel::cancel_races_completion);
+        $crate::__rule_test!($harness; cancel::cancel_never_looks_successful);
+        $crate::__rule_test!($harness; deadlines::deadlines_wait_timeout_leaves_operation_live);
+        $crate::__rule_test!($harness; deadlines::deadlines_cancel_after_timeout_is_clean);
+        $crate::__rule_test!($harness; deadlines::deadlines_passive_deadline_errors);
+        $crate::__rule_test!($harness; deadlines::deadlines_active_deadline_errors);
+        $crate::__rule_test!($harness; deadlines::deadlines_late_notification_within_deadline);
+        $crate::__rule_test!($harness; peer_loss::peer_loss_active_sees_passive_crash);
+        $crate::__rule_test!($harness; peer_loss::peer_loss_passive_sees_active_crash);
+        $crate::__rule_test!($harness; peer_loss::peer_loss_begin_against_dead_peer);
+        $crate::__rule_test!($harness; peer_loss::peer_loss_is_contained);
+        $crate::__rule_test!($harness; metadata::metadata_dynamo_golden_b64);
+        $crate::__rule_test!($harness; metadata::metadata_dynamo_golden_bare_hex);
+        $crate::__rule_test!($harness; metadata::metadata_dynamo_golden_extra_key_rejected);
+        $crate::__rule_test!($harness; metadata::metadata_dynamo_golden_operation_kinds);
+        $crate::__rule_test!($harness; metadata::metadata_device_spellings);
+        $crate::__rule_test!($harness; metadata::metadata_hostile_inputs);
+        $crate::__rule_test!($harness; metadata::metadata_real_operations_are_dynamo_shaped);
+        $crate::__rule_test!($harness; concurrency::concurrency_64_in_flight);
+        $crate::__rule_test!($harness; concurrency::concurrency_tasks);
+        $crate::__rule_test!($harness; concurrency::concurrency_mesh);
+        $crate::__rule_test!($harness; concurrency::concurrency_connector_talks_to_itself);
+        $crate::__rule_test!($harness; concurrency::concurrency_types_are_send_and_sync);
+        $crate::__rule_test!($harness; registration::registration_released_with_operations);
+        $crate::__rule_test!($harness; registration::registration_pinned_pool_is_reused);
+        $crate::__rule_test!($harness; registration::registration_cache_hits_and_bounds);
+    };
+}

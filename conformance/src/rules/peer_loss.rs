@@ -1,0 +1,107 @@
+//! SPEC §5: losing the peer ends paired operations `Errored(PeerLost)` on whichever side can
+//! observe it; nothing hangs.
+
+use ferry::{Descriptor, Error, OperationStatus};
+
+use super::*;
+
+/// The passive side's process dies with a read in flight: the read ends `PeerLost`.
+pub async fn peer_loss_active_sees_passive_crash<H: Harness>(h: H) -> Outcome {
+    let (a, b) = pair(&h).await;
+    let source = pattern(1 << 20, 70);
+    let readable = a
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    let mut landing = vec![0u8; 1 << 20];
+    let mut read = b
+        .begin_read(
+            readable.metadata(),
+            [Descriptor::from_mut_slice(&mut landing)],
+        )
+        .await
+        .expect("begin");
+    h.crash(&a)?;
+    let outcome = read.wait_for_completion().await;
+    assert!(
+        matches!(outcome, Err(Error::PeerLost { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(read.status(), OperationStatus::Errored);
+    drop(readable);
+    Ok(())
+}
+
+/// The active side's process dies mid-transfer: a passive side that can observe it ends
+/// `PeerLost`.
+pub async fn peer_loss_passive_sees_active_crash<H: Harness>(h: H) -> Outcome {
+    let (a, b) = pair(&h).await;
+    if !a.capabilities().passive_observes_peer_loss {
+        return Err(Skip(
+            "the passive side cannot observe peer loss with this backend".into(),
+        ));
+    }
+    h.fault_notifications(&b, &a, NotifyFault::Drop, 1)?;
+    let source = pattern(4096, 71);
+    let mut readable = a
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    let mut landing = vec![0u8; 4096];
+    let mut read = b
+        .begin_read(
+            readable.metadata(),
+            [Descriptor::from_mut_slice(&mut landing)],
+        )
+        .await
+        .expect("begin");
+    read.wait_for_completion().await.expect("read");
+    assert_eq!(readable.status(), OperationStatus::InProgress);
+    h.crash(&b)?;
+    let outcome = readable.wait_for_completion().await;
+    assert!(
+        matches!(outcome, Err(Error::PeerLost { .. })),
+        "{outcome:?}"
+    );
+    Ok(())
+}
+
+/// Beginning an operation against a peer that is gone fails with `PeerLost`, at once or on
+/// wait, and never hangs.
+pub async fn peer_loss_begin_against_dead_peer<H: Harness>(h: H) -> Outcome {
+    let (a, b) = pair(&h).await;
+    let source = vec![1u8; 64];
+    let readable = a
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    let metadata = readable.metadata().clone();
+    h.crash(&a)?;
+    let mut landing = vec![0u8; 64];
+    let outcome = active_outcome(
+        b.begin_read(&metadata, [Descriptor::from_mut_slice(&mut landing)])
+            .await,
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(Error::PeerLost { .. })),
+        "{outcome:?}"
+    );
+    drop(readable);
+    Ok(())
+}
+
+/// Losing one peer leaves other pairings untouched.
+pub async fn peer_loss_is_contained<H: Harness>(h: H) -> Outcome {
+    let a = h.connector(Options::named("a")).await;
+    let b = h.connector(Options::named("b")).await;
+    let c = h.connector(Options::named("c")).await;
+    h.crash(&c)?;
+    read_cycle(&a, &b, &[4096, 17], 72)
+        .await
+        .expect("a and b still pair");
+    write_cycle(&b, &a, &[4096], 73)
+        .await
+        .expect("and the other way");
+    Ok(())
+}
