@@ -105,6 +105,44 @@ pub async fn completion_first_notification_wins<H: Harness>(h: H) -> Outcome {
     Ok(())
 }
 
+/// The key is consumed by the completion notification itself, not when the readable's owner
+/// next looks: a second read that arrives after the first read's notification, while nobody
+/// has polled the readable yet, finds the key gone.
+pub async fn completion_key_consumed_on_arrival<H: Harness>(h: H) -> Outcome {
+    let (a, b) = pair(&h).await;
+    let source = pattern(4096, 43);
+    let mut readable = a
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    let metadata = readable.metadata().clone();
+    let mut first = vec![0u8; 4096];
+    let mut read = b
+        .begin_read(&metadata, [Descriptor::from_mut_slice(&mut first)])
+        .await
+        .expect("begin");
+    read.wait_for_completion().await.expect("first read");
+    drop(read);
+    let mut second = vec![0u8; 4096];
+    let outcome = active_outcome(
+        b.begin_read(&metadata, [Descriptor::from_mut_slice(&mut second)])
+            .await,
+    )
+    .await;
+    assert_eq!(outcome, Err(ferry::Error::StaleMetadata));
+    assert_eq!(
+        second,
+        vec![0u8; 4096],
+        "no byte of a finished readable was served"
+    );
+    readable
+        .wait_for_completion()
+        .await
+        .expect("the readable completed, once");
+    assert_eq!(first, source);
+    Ok(())
+}
+
 /// 10 000 operations leave nothing behind in the backend or the Connector.
 pub async fn completion_no_accumulation<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;

@@ -141,6 +141,7 @@ macro_rules! __each_rule {
         $crate::__rule_test!($harness; completion::completion_keys_are_uuid_v4);
         $crate::__rule_test!($harness; completion::completion_notification_follows_data);
         $crate::__rule_test!($harness; completion::completion_first_notification_wins);
+        $crate::__rule_test!($harness; completion::completion_key_consumed_on_arrival);
         $crate::__rule_test!($harness; completion::completion_no_accumulation);
         $crate::__rule_test!($harness; completion::completion_wakes_without_polling);
         $crate::__rule_test!($harness; cancel::cancel_active_read_in_progress);
