@@ -163,7 +163,7 @@ mod sim {
             first.0 .1
         );
         assert!(
-            first.1.iter().any(|s| *s == OperationStatus::Errored),
+            first.1.contains(&OperationStatus::Errored),
             "faults were injected"
         );
         assert!(

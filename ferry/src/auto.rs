@@ -64,11 +64,9 @@ pub fn probe() -> Probe {
     }
 }
 
+/// Whether this build contains the backend (each transport backend adds its feature here).
 fn built(name: &str) -> bool {
-    match name {
-        "sim" => cfg!(feature = "sim"),
-        _ => false,
-    }
+    name == "sim" && cfg!(feature = "sim")
 }
 
 fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {

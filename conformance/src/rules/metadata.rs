@@ -159,7 +159,7 @@ pub async fn metadata_hostile_inputs<H: Harness>(_h: H) -> Outcome {
 /// with a tagged (or NIXL) blob, and it survives the round trip.
 pub async fn metadata_real_operations_are_dynamo_shaped<H: Harness>(h: H) -> Outcome {
     let a = h.connector(Options::named("a")).await;
-    let source = vec![1u8; 100];
+    let source = [1u8; 100];
     let readable = a
         .create_readable(source.chunks(40).map(Descriptor::from_slice))
         .await

@@ -89,7 +89,7 @@ pub async fn validation_empty_descriptor_lists<H: Harness>(h: H) -> Outcome {
 /// Different descriptor counts are a `CountMismatch`.
 pub async fn validation_count_mismatch<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
-    let source = vec![1u8; 16];
+    let source = [1u8; 16];
     let readable = a
         .create_readable(source.chunks(8).map(Descriptor::from_slice))
         .await
@@ -191,14 +191,14 @@ pub async fn validation_size_mismatch_write_moves_nothing<H: Harness>(h: H) -> O
 /// A remote list spanning host and device memory is `MixedDevices`.
 pub async fn validation_mixed_devices<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
-    let source = vec![1u8; 16];
+    let source = [1u8; 16];
     let readable = a
         .create_readable(source.chunks(8).map(Descriptor::from_slice))
         .await
         .expect("readable");
     let mut mixed = readable.metadata().clone();
     mixed.descriptors[1].device = Device::cuda(0);
-    let mut landing = vec![0u8; 16];
+    let mut landing = [0u8; 16];
     let err = b
         .begin_read(
             &mixed,
