@@ -10,18 +10,8 @@ use super::*;
 pub async fn cancel_active_read_in_progress<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
     let source = pattern(1 << 20, 50);
-    let mut readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 1 << 20];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     match read.cancel() {
         OperationStatus::Cancelled => {
             assert_eq!(
@@ -49,14 +39,7 @@ pub async fn cancel_active_write_in_progress<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
     let source = pattern(1 << 20, 51);
     let mut landing = vec![0u8; 1 << 20];
-    let mut writable = b
-        .create_writable([Descriptor::from_mut_slice(&mut landing)])
-        .await
-        .expect("writable");
-    let mut write = a
-        .begin_write([Descriptor::from_slice(&source)], writable.metadata())
-        .await
-        .expect("begin");
+    let (mut writable, mut write) = write_pair(&a, &b, &source, &mut landing).await;
     match write.cancel() {
         OperationStatus::Cancelled => {
             assert_eq!(
@@ -82,18 +65,8 @@ pub async fn cancel_active_write_in_progress<H: Harness>(h: H) -> Outcome {
 pub async fn cancel_drop_active_tells_peer<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
     let source = pattern(1 << 20, 52);
-    let mut readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 1 << 20];
-    let read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (mut readable, read) = read_pair(&a, &b, &source, &mut landing).await;
     drop(read);
     let outcome = readable.wait_for_completion().await;
     assert!(
@@ -156,18 +129,8 @@ pub async fn cancel_drop_passive_revokes<H: Harness>(h: H) -> Outcome {
 pub async fn cancel_drop_passive_in_progress<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
     let source = pattern(1 << 20, 53);
-    let readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 1 << 20];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     drop(readable);
     let outcome = read.wait_for_completion().await;
     drop(read);

@@ -164,14 +164,7 @@ pub async fn completion_no_accumulation<H: Harness>(h: H) -> Outcome {
             read.wait_for_completion().await.expect("read");
             readable.wait_for_completion().await.expect("readable");
         } else {
-            let mut writable = a
-                .create_writable([Descriptor::from_mut_slice(&mut landing)])
-                .await
-                .expect("writable");
-            let mut write = b
-                .begin_write([Descriptor::from_slice(&source)], writable.metadata())
-                .await
-                .expect("begin");
+            let (mut writable, mut write) = write_pair(&b, &a, &source, &mut landing).await;
             write.wait_for_completion().await.expect("write");
             writable.wait_for_completion().await.expect("writable");
         }

@@ -85,18 +85,8 @@ pub async fn deadlines_passive_deadline_errors<H: Harness>(h: H) -> Outcome {
     let b = h.connector(Options::named("b")).await;
     h.fault_notifications(&b, &a, NotifyFault::Drop, 1)?;
     let source = pattern(4096, 61);
-    let mut readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 4096];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     read.wait_for_completion()
         .await
         .expect("the read itself completes");
@@ -154,18 +144,8 @@ pub async fn deadlines_late_notification_within_deadline<H: Harness>(h: H) -> Ou
     let b = h.connector(Options::named("b")).await;
     h.fault_notifications(&b, &a, NotifyFault::Delay(Duration::from_secs(1)), 1)?;
     let source = pattern(4096, 63);
-    let mut readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 4096];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     read.wait_for_completion().await.expect("read");
     readable
         .wait_for_completion()

@@ -1,6 +1,9 @@
 //! The rules, one function each, grouped by SPEC §11's families.
 
-use ferry::{Connector, Descriptor, Error, Operation, RdmaMetadata};
+use ferry::{
+    Connector, Descriptor, Error, Operation, RdmaMetadata, ReadOperation, ReadableOperation,
+    WritableOperation, WriteOperation,
+};
 
 pub use crate::{Harness, LiveState, NotifyFault, Options, Outcome, Skip};
 pub use ferry::demo::pattern;
@@ -89,6 +92,42 @@ pub async fn write_cycle(
         "write of {sizes:?} landed the wrong bytes"
     );
     Ok(())
+}
+
+/// `a` exposes `source` as a readable and `b` begins reading it into `landing`.
+pub async fn read_pair<'s, 'l>(
+    a: &Connector,
+    b: &Connector,
+    source: &'s [u8],
+    landing: &'l mut [u8],
+) -> (ReadableOperation<'s>, ReadOperation<'l>) {
+    let readable = a
+        .create_readable([Descriptor::from_slice(source)])
+        .await
+        .expect("readable");
+    let read = b
+        .begin_read(readable.metadata(), [Descriptor::from_mut_slice(landing)])
+        .await
+        .expect("begin read");
+    (readable, read)
+}
+
+/// `b` exposes `landing` as a writable and `a` begins writing `source` into it.
+pub async fn write_pair<'s, 'l>(
+    a: &Connector,
+    b: &Connector,
+    source: &'s [u8],
+    landing: &'l mut [u8],
+) -> (WritableOperation<'l>, WriteOperation<'s>) {
+    let writable = b
+        .create_writable([Descriptor::from_mut_slice(landing)])
+        .await
+        .expect("writable");
+    let write = a
+        .begin_write([Descriptor::from_slice(source)], writable.metadata())
+        .await
+        .expect("begin write");
+    (writable, write)
 }
 
 /// The outcome of an active operation whether the backend refuses at `begin_*` or on wait

@@ -9,18 +9,8 @@ use super::*;
 pub async fn peer_loss_active_sees_passive_crash<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
     let source = pattern(1 << 20, 70);
-    let readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 1 << 20];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     h.crash(&a)?;
     let outcome = read.wait_for_completion().await;
     assert!(
@@ -43,18 +33,8 @@ pub async fn peer_loss_passive_sees_active_crash<H: Harness>(h: H) -> Outcome {
     }
     h.fault_notifications(&b, &a, NotifyFault::Drop, 1)?;
     let source = pattern(4096, 71);
-    let mut readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 4096];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     read.wait_for_completion().await.expect("read");
     assert_eq!(readable.status(), OperationStatus::InProgress);
     h.crash(&b)?;

@@ -35,18 +35,8 @@ pub async fn states_passive_starts_initialized<H: Harness>(h: H) -> Outcome {
 pub async fn states_active_posted_eagerly<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
     let source = pattern(4096, 30);
-    let mut readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 4096];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     assert!(matches!(
         read.status(),
         OperationStatus::InProgress | OperationStatus::Complete
@@ -69,18 +59,8 @@ pub async fn states_passive_in_progress_when_peer_starts<H: Harness>(h: H) -> Ou
     }
     h.fault_notifications(&b, &a, NotifyFault::Drop, 1)?;
     let source = pattern(4096, 31);
-    let mut readable = a
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
     let mut landing = vec![0u8; 4096];
-    let mut read = b
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin");
+    let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     read.wait_for_completion().await.expect("read");
     let err = readable
         .wait_for_completion_timeout(std::time::Duration::from_millis(50))
@@ -96,14 +76,7 @@ pub async fn states_both_sides_complete<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
     let source = pattern(1000, 32);
     let mut landing = vec![0u8; 1000];
-    let mut writable = b
-        .create_writable([Descriptor::from_mut_slice(&mut landing)])
-        .await
-        .expect("writable");
-    let mut write = a
-        .begin_write([Descriptor::from_slice(&source)], writable.metadata())
-        .await
-        .expect("begin");
+    let (mut writable, mut write) = write_pair(&a, &b, &source, &mut landing).await;
     write.wait_for_completion().await.expect("write");
     writable.wait_for_completion().await.expect("writable");
     for _ in 0..3 {
