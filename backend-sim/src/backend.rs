@@ -173,6 +173,15 @@ impl Backend for SimBackend {
     }
 }
 
+impl Drop for SimBackend {
+    /// The last handle on this node is gone, as when a process exits cleanly: what it sent
+    /// still arrives, then every operation still paired with it ends `PeerLost`.
+    fn drop(&mut self) {
+        self.world.lock().depart(self.node);
+        self.world.shared.doorbell.notify_one();
+    }
+}
+
 /// The sim's code for a key that is already live (two operations drew the same key).
 pub const DUPLICATE_KEY: i64 = 2;
 
@@ -226,9 +235,9 @@ impl SimBackend {
                     ),
                 });
             }
-            if world.node(node).crashed {
+            if world.node(node).crashed || world.node(node).departed {
                 return Err(Error::PeerLost {
-                    reason: format!("sim node {} crashed", node.0),
+                    reason: format!("sim node {} is gone", node.0),
                 });
             }
         }
@@ -274,9 +283,9 @@ impl Peer for SimPeer {
             if world.node(self.node).crashed {
                 return Err(crashed_error());
             }
-            if world.node(self.peer).crashed {
+            if world.node(self.peer).crashed || world.node(self.peer).departed {
                 return Err(Error::PeerLost {
-                    reason: format!("sim node {} crashed", self.peer.0),
+                    reason: format!("sim node {} is gone", self.peer.0),
                 });
             }
             let key = remote.notification_key;

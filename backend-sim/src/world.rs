@@ -102,6 +102,8 @@ pub(crate) enum Payload {
         result: Result<(), Error>,
     },
     Notify(Vec<u8>),
+    /// The sender has gone away gracefully; sent behind everything it sent before.
+    Closed,
 }
 
 impl Payload {
@@ -112,6 +114,7 @@ impl Payload {
             Payload::WriteRequest { .. } => 3,
             Payload::WriteReply { .. } => 4,
             Payload::Notify(_) => 5,
+            Payload::Closed => 6,
         }
     }
 
@@ -181,6 +184,8 @@ impl OpSlot {
 pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) crashed: bool,
+    /// Its Connector was dropped: it takes no more messages, but what it sent still arrives.
+    pub(crate) departed: bool,
     pub(crate) keys: KeyTable<OpId>,
     pub(crate) registrations: BTreeMap<u64, Region>,
 }
@@ -651,7 +656,27 @@ impl World {
     }
 
     fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
-        self.partitions.contains(&(from, to)) || self.node(from).crashed || self.node(to).crashed
+        self.partitions.contains(&(from, to))
+            || self.node(from).crashed
+            || self.node(to).crashed
+            || self.node(to).departed
+    }
+
+    /// A node's last handle is gone, as when a process closes its connections and exits: every
+    /// other node gets a `Closed` behind whatever this node already sent it, and then fails
+    /// whatever is still paired with it.
+    pub(crate) fn depart(&mut self, node: NodeId) {
+        if self.node(node).crashed || self.node(node).departed {
+            return;
+        }
+        let others: Vec<NodeId> = (0..self.nodes.len() as u32)
+            .map(NodeId)
+            .filter(|&n| n != node && !self.node(n).crashed && !self.node(n).departed)
+            .collect();
+        for other in others {
+            self.send(node, other, Payload::Closed);
+        }
+        self.node_mut(node).departed = true;
     }
 
     /// Delivers every event due at the earliest pending time; `false` if nothing is pending.
@@ -776,6 +801,16 @@ impl World {
                             self.send(to, from, Payload::Notify(key.completion_message()));
                         }
                         Err(cause) => slot.push(SlotEvent::Core(Event::Failed(cause))),
+                    }
+                }
+            }
+            Payload::Closed => {
+                for slot in self.ops.values_mut() {
+                    if slot.node == to && slot.peer == Some(from) && !slot.ended {
+                        slot.ended = true;
+                        slot.push(SlotEvent::Core(Event::Failed(Error::PeerLost {
+                            reason: format!("sim node {} closed", from.0),
+                        })));
                     }
                 }
             }

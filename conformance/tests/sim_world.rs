@@ -323,6 +323,41 @@ mod sim {
         assert_eq!(world.stats().refused, 4);
     }
 
+    /// Regression: dropping a Connector right after its read completed lost the notification
+    /// already on its way, and the readable ended `PeerLost` instead of `Complete`.
+    #[tokio::test]
+    async fn a_clean_exit_delivers_what_was_sent() {
+        let world = SimWorld::builder()
+            .link(LinkConfig {
+                latency: Duration::from_millis(5),
+                ..LinkConfig::default()
+            })
+            .build();
+        let h = SimHarness::with_world(world.clone());
+        let a = h.connector(Options::named("a")).await;
+        let b = h.connector(Options::named("b")).await;
+        let source = pattern(4096, 9);
+        let mut landing = vec![0u8; 4096];
+        let mut readable = a
+            .create_readable([Descriptor::from_slice(&source)])
+            .await
+            .expect("readable");
+        let mut read = b
+            .begin_read(
+                readable.metadata(),
+                [Descriptor::from_mut_slice(&mut landing)],
+            )
+            .await
+            .expect("begin");
+        read.wait_for_completion().await.expect("read");
+        drop((read, b));
+        readable
+            .wait_for_completion()
+            .await
+            .expect("the notification sent before the exit arrives");
+        assert_eq!(landing, source);
+    }
+
     fn node_of(world: &SimWorld, name: &str) -> ferry::sim::NodeId {
         (0..16)
             .map(ferry::sim::NodeId)

@@ -198,6 +198,7 @@ macro_rules! __each_rule {
         $crate::__rule_test!($harness; deadlines::deadlines_late_notification_within_deadline);
         $crate::__rule_test!($harness; peer_loss::peer_loss_active_sees_passive_crash);
         $crate::__rule_test!($harness; peer_loss::peer_loss_passive_sees_active_crash);
+        $crate::__rule_test!($harness; peer_loss::peer_loss_passive_sees_peer_close);
         $crate::__rule_test!($harness; peer_loss::peer_loss_begin_against_dead_peer);
         $crate::__rule_test!($harness; peer_loss::peer_loss_is_contained);
         $crate::__rule_test!($harness; metadata::metadata_dynamo_golden_b64);

@@ -46,6 +46,29 @@ pub async fn peer_loss_passive_sees_active_crash<H: Harness>(h: H) -> Outcome {
     Ok(())
 }
 
+/// The active side's Connector is dropped (a clean exit) while its passive peer still waits:
+/// a passive side that can observe it ends `PeerLost` once everything sent before has arrived.
+pub async fn peer_loss_passive_sees_peer_close<H: Harness>(h: H) -> Outcome {
+    let (a, b) = pair(&h).await;
+    if !a.capabilities().passive_observes_peer_loss {
+        return Err(Skip(
+            "the passive side cannot observe peer loss with this backend".into(),
+        ));
+    }
+    h.fault_notifications(&b, &a, NotifyFault::Drop, 1)?;
+    let source = pattern(4096, 74);
+    let mut landing = vec![0u8; 4096];
+    let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
+    read.wait_for_completion().await.expect("read");
+    drop((read, b));
+    let outcome = readable.wait_for_completion().await;
+    assert!(
+        matches!(outcome, Err(Error::PeerLost { .. })),
+        "{outcome:?}"
+    );
+    Ok(())
+}
+
 /// Beginning an operation against a peer that is gone fails with `PeerLost`, at once or on
 /// wait, and never hangs.
 pub async fn peer_loss_begin_against_dead_peer<H: Harness>(h: H) -> Outcome {
