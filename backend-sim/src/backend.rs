@@ -14,7 +14,8 @@ use ferry_core::{
     NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
 };
 
-use crate::world::{apply, crashed_error, NodeId, OpId, OpSlot, Payload, SimWorld, SlotEvent};
+use crate::staging::Staged;
+use crate::world::{crashed_error, NodeId, OpId, OpSlot, Payload, SimWorld, SlotEvent};
 
 const BLOB_VERSION: u32 = 1;
 
@@ -80,7 +81,7 @@ impl Backend for SimBackend {
 
     fn register(&self, region: Region) -> Result<RegistrationId, Error> {
         let mut world = self.world.lock();
-        if world.node(self.node).crashed {
+        if world.is_gone(self.node) {
             return Err(crashed_error());
         }
         Ok(RegistrationId(world.new_registration(self.node, region)))
@@ -99,61 +100,11 @@ impl Backend for SimBackend {
         kind: OperationKind,
         key: NotificationKey,
         local: &'a [Descriptor<'_>],
+        deadline: Option<Duration>,
     ) -> BoxFuture<'a, Result<Exposed, Error>> {
-        let regions: Vec<Region> = local.iter().map(Descriptor::region).collect();
-        // A readable's bytes are copied out now, while the operation lends them: the world must
-        // serve reads without the operation being polled, as one-sided RDMA would. The borrow
-        // keeps them immutable until the operation ends, so the copy is exact.
-        let snapshot = match kind {
-            OperationKind::Read => local
-                .iter()
-                .map(|d| Bytes::copy_from_slice(d.as_slice()))
-                .collect(),
-            OperationKind::Write => Vec::new(),
-        };
-        let result = (|| {
-            let mut world = self.world.lock();
-            if world.node(self.node).crashed {
-                return Err(crashed_error());
-            }
-            let staged = vec![Vec::new(); regions.len()];
-            let op = world.add_op(OpSlot {
-                node: self.node,
-                peer: None,
-                kind,
-                passive: true,
-                key,
-                regions,
-                snapshot,
-                staged,
-                events: Default::default(),
-                waker: None,
-                ended: false,
-            });
-            if !world.node_mut(self.node).keys.insert(key, op) {
-                world.remove_op(op);
-                return Err(Error::Backend {
-                    backend: "sim",
-                    side: Side::Local,
-                    code: DUPLICATE_KEY,
-                    message: format!("key {key} is already live on this node"),
-                });
-            }
-            let endpoint = self.endpoint(world.id);
-            Ok(Exposed {
-                endpoint,
-                transfer: Box::new(SimTransfer {
-                    world: self.world.clone(),
-                    op,
-                    node: self.node,
-                    peer: None,
-                    passive: true,
-                    kind,
-                    key,
-                }),
-            })
-        })();
-        Box::pin(std::future::ready(result))
+        Box::pin(std::future::ready(
+            self.expose_now(kind, key, local, deadline),
+        ))
     }
 
     fn connect<'a>(
@@ -164,8 +115,11 @@ impl Backend for SimBackend {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        // Without a runtime the timer cannot fire; the caller is then not in one either and
+        // cannot await this, so there is nothing better to do than create it.
+        let _ = self.world.start_driver();
         let id = self.world.lock().add_timer(duration);
-        self.world.shared.doorbell.notify_one();
+        self.world.ring();
         Box::pin(SimSleep {
             world: self.world.clone(),
             id,
@@ -178,7 +132,7 @@ impl Drop for SimBackend {
     /// still arrives, then every operation still paired with it ends `PeerLost`.
     fn drop(&mut self) {
         self.world.lock().depart(self.node);
-        self.world.shared.doorbell.notify_one();
+        self.world.ring();
     }
 }
 
@@ -186,6 +140,65 @@ impl Drop for SimBackend {
 pub const DUPLICATE_KEY: i64 = 2;
 
 impl SimBackend {
+    fn expose_now(
+        &self,
+        kind: OperationKind,
+        key: NotificationKey,
+        local: &[Descriptor<'_>],
+        deadline: Option<Duration>,
+    ) -> Result<Exposed, Error> {
+        self.world.start_driver()?;
+        let mut slot = OpSlot::new(
+            self.node,
+            kind,
+            key,
+            local.iter().map(Descriptor::region).collect(),
+        );
+        slot.passive = true;
+        match kind {
+            // A readable's bytes are copied out now, while the operation lends them: the world
+            // must serve reads without the operation being polled, as one-sided RDMA would.
+            // The borrow keeps them immutable until the operation ends, so the copy is exact.
+            OperationKind::Read => {
+                slot.snapshot = local
+                    .iter()
+                    .map(|d| Bytes::copy_from_slice(d.as_slice()))
+                    .collect();
+            }
+            OperationKind::Write => slot.staged = local.iter().map(|_| Staged::default()).collect(),
+        }
+        let mut world = self.world.lock();
+        if world.is_gone(self.node) {
+            return Err(crashed_error());
+        }
+        let op = world.add_op(slot, deadline);
+        if !world.node_mut(self.node).keys.insert(key, op) {
+            // The key belongs to another live operation: forget this one without touching it.
+            world.ops.remove(&op);
+            return Err(Error::Backend {
+                backend: "sim",
+                side: Side::Local,
+                code: DUPLICATE_KEY,
+                message: format!("key {key} is already live on this node"),
+            });
+        }
+        let endpoint = self.endpoint(world.id);
+        drop(world);
+        self.world.ring();
+        Ok(Exposed {
+            endpoint,
+            transfer: Box::new(SimTransfer {
+                world: self.world.clone(),
+                op,
+                node: self.node,
+                peer: None,
+                passive: true,
+                kind,
+                key,
+            }),
+        })
+    }
+
     fn connect_now(&self, endpoint: &EndpointBlob) -> Result<Arc<dyn Peer>, Error> {
         let EndpointBlob::Tagged {
             backend,
@@ -235,7 +248,7 @@ impl SimBackend {
                     ),
                 });
             }
-            if world.node(node).crashed || world.node(node).departed {
+            if world.is_gone(node) {
                 return Err(Error::PeerLost {
                     reason: format!("sim node {} is gone", node.0),
                 });
@@ -267,62 +280,76 @@ impl Peer for SimPeer {
         kind: OperationKind,
         remote: &'a RdmaMetadata,
         local: &'a mut [Descriptor<'_>],
+        deadline: Option<Duration>,
     ) -> BoxFuture<'a, Result<Box<dyn Transfer>, Error>> {
-        // A write's bytes leave now (posted eagerly), while the operation lends them.
-        let pieces: Vec<(u64, Bytes)> = match kind {
-            OperationKind::Write => remote
-                .descriptors
-                .iter()
-                .zip(local.iter())
-                .map(|(r, l)| (r.ptr, Bytes::copy_from_slice(l.as_slice())))
-                .collect(),
-            OperationKind::Read => Vec::new(),
+        Box::pin(std::future::ready(
+            self.post_now(kind, remote, local, deadline),
+        ))
+    }
+}
+
+impl SimPeer {
+    fn post_now(
+        &self,
+        kind: OperationKind,
+        remote: &RdmaMetadata,
+        local: &[Descriptor<'_>],
+        deadline: Option<Duration>,
+    ) -> Result<Box<dyn Transfer>, Error> {
+        self.world.start_driver()?;
+        let key = remote.notification_key;
+        let payload = match kind {
+            OperationKind::Read => Payload::ReadRequest {
+                op: 0,
+                key,
+                ranges: remote.descriptors.iter().map(|d| (d.ptr, d.size)).collect(),
+            },
+            // A write's bytes leave now (posted eagerly), while the operation lends them.
+            OperationKind::Write => Payload::WriteRequest {
+                op: 0,
+                key,
+                pieces: remote
+                    .descriptors
+                    .iter()
+                    .zip(local.iter())
+                    .map(|(r, l)| (r.ptr, Bytes::copy_from_slice(l.as_slice())))
+                    .collect(),
+            },
         };
-        let result = (|| {
-            let mut world = self.world.lock();
-            if world.node(self.node).crashed {
-                return Err(crashed_error());
-            }
-            if world.node(self.peer).crashed || world.node(self.peer).departed {
-                return Err(Error::PeerLost {
-                    reason: format!("sim node {} is gone", self.peer.0),
-                });
-            }
-            let key = remote.notification_key;
-            let op = world.add_op(OpSlot {
-                node: self.node,
-                peer: Some(self.peer),
-                kind,
-                passive: false,
-                key,
-                regions: local.iter().map(Descriptor::region).collect(),
-                snapshot: Vec::new(),
-                staged: Vec::new(),
-                events: Default::default(),
-                waker: None,
-                ended: false,
+        let mut slot = OpSlot::new(
+            self.node,
+            kind,
+            key,
+            local.iter().map(Descriptor::region).collect(),
+        );
+        slot.peer = Some(self.peer);
+        let mut world = self.world.lock();
+        if world.is_gone(self.node) {
+            return Err(crashed_error());
+        }
+        if world.is_gone(self.peer) {
+            return Err(Error::PeerLost {
+                reason: format!("sim node {} is gone", self.peer.0),
             });
-            let payload = match kind {
-                OperationKind::Read => Payload::ReadRequest {
-                    op,
-                    key,
-                    ranges: remote.descriptors.iter().map(|d| (d.ptr, d.size)).collect(),
-                },
-                OperationKind::Write => Payload::WriteRequest { op, key, pieces },
-            };
-            world.send(self.node, self.peer, payload);
-            Ok(Box::new(SimTransfer {
-                world: self.world.clone(),
-                op,
-                node: self.node,
-                peer: Some(self.peer),
-                passive: false,
-                kind,
-                key,
-            }) as Box<dyn Transfer>)
-        })();
-        self.world.shared.doorbell.notify_one();
-        Box::pin(std::future::ready(result))
+        }
+        let op = world.add_op(slot, deadline);
+        let payload = match payload {
+            Payload::ReadRequest { key, ranges, .. } => Payload::ReadRequest { op, key, ranges },
+            Payload::WriteRequest { key, pieces, .. } => Payload::WriteRequest { op, key, pieces },
+            other => other,
+        };
+        world.send(self.node, self.peer, payload);
+        drop(world);
+        self.world.ring();
+        Ok(Box::new(SimTransfer {
+            world: self.world.clone(),
+            op,
+            node: self.node,
+            peer: Some(self.peer),
+            passive: false,
+            kind,
+            key,
+        }))
     }
 }
 
@@ -339,65 +366,19 @@ struct SimTransfer {
 }
 
 impl SimTransfer {
-    /// Lands a writable's staged bytes in local memory.
-    fn land_staged(slot: &OpSlot, local: &mut [Descriptor<'_>]) {
-        for (pieces, descriptor) in slot.staged.iter().zip(local.iter_mut()) {
-            if let Some(target) = descriptor.as_mut_slice() {
-                apply(pieces, target);
-            }
-        }
+    /// A writable lands what peers wrote whenever it ends, however it ends: bytes a writer was
+    /// told had landed are in memory, as RDMA would have put them there.
+    fn lands_staged(&self) -> bool {
+        self.passive && self.kind == OperationKind::Write
     }
 }
 
-impl Transfer for SimTransfer {
-    fn poll_event(&mut self, cx: &mut Context<'_>, local: &mut [Descriptor<'_>]) -> Poll<Event> {
-        let mut world = self.world.lock();
-        let Some(slot) = world.ops.get_mut(&self.op) else {
-            return Poll::Ready(Event::Failed(crashed_error()));
-        };
-        match slot.events.pop_front() {
-            None => {
-                slot.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            Some(SlotEvent::Core(Event::Completed))
-                if self.passive && self.kind == OperationKind::Write =>
-            {
-                Self::land_staged(slot, local);
-                Poll::Ready(Event::Completed)
-            }
-            Some(SlotEvent::Core(event)) => Poll::Ready(event),
-            Some(SlotEvent::ReadData(data)) => Poll::Ready(land_read(&data, local)),
+/// Lands a writable's staged bytes in local memory.
+fn land_staged(slot: &OpSlot, local: &mut [Descriptor<'_>]) {
+    for (staged, descriptor) in slot.staged.iter().zip(local.iter_mut()) {
+        if let Some(target) = descriptor.as_mut_slice() {
+            staged.land(target);
         }
-    }
-
-    fn cancel(&mut self, local: &mut [Descriptor<'_>]) -> Option<Event> {
-        let mut world = self.world.lock();
-        let slot = world.ops.get_mut(&self.op)?;
-        // Cancel lost the race if the world already decided the outcome: the bytes of a read
-        // have arrived (they land now, before the memory is given back), a writable's
-        // notification came, or the transfer failed or was cancelled by the peer.
-        let decided = slot.events.drain(..).find_map(|event| match event {
-            SlotEvent::ReadData(data) => Some(land_read(&data, local)),
-            SlotEvent::Core(Event::PeerStarted) => None,
-            SlotEvent::Core(event) => Some(event),
-        });
-        if let Some(event) = decided {
-            if event == Event::Completed && self.passive && self.kind == OperationKind::Write {
-                Self::land_staged(slot, local);
-            }
-            return Some(event);
-        }
-        let tell_peer = !self.passive && !slot.ended;
-        world.end_op(self.op);
-        if tell_peer {
-            if let Some(peer) = self.peer {
-                world.send(self.node, peer, Payload::Notify(self.key.cancel_message()));
-                drop(world);
-                self.world.shared.doorbell.notify_one();
-            }
-        }
-        None
     }
 }
 
@@ -422,6 +403,59 @@ fn land_read(data: &[Bytes], local: &mut [Descriptor<'_>]) -> Event {
     Event::Completed
 }
 
+impl Transfer for SimTransfer {
+    fn poll_event(&mut self, cx: &mut Context<'_>, local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        if let Err(e) = self.world.start_driver() {
+            return Poll::Ready(Event::Failed(e));
+        }
+        let mut world = self.world.lock();
+        let Some(slot) = world.ops.get_mut(&self.op) else {
+            return Poll::Ready(Event::Failed(crashed_error()));
+        };
+        match slot.events.pop_front() {
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Some(SlotEvent::Core(Event::PeerStarted)) => Poll::Ready(Event::PeerStarted),
+            Some(SlotEvent::Core(event)) => {
+                if self.lands_staged() {
+                    land_staged(slot, local);
+                }
+                Poll::Ready(event)
+            }
+            Some(SlotEvent::ReadData(data)) => Poll::Ready(land_read(&data, local)),
+        }
+    }
+
+    fn cancel(&mut self, local: &mut [Descriptor<'_>]) -> Option<Event> {
+        let mut world = self.world.lock();
+        let slot = world.ops.get_mut(&self.op)?;
+        // Cancel lost the race if the world already decided the outcome: the bytes of a read
+        // have arrived (they land now, before the memory is given back), a writable's
+        // notification came, or the transfer failed or was cancelled by the peer.
+        let decided = slot.events.drain(..).find_map(|event| match event {
+            SlotEvent::ReadData(data) => Some(land_read(&data, local)),
+            SlotEvent::Core(Event::PeerStarted) => None,
+            SlotEvent::Core(event) => Some(event),
+        });
+        if self.lands_staged() {
+            land_staged(slot, local);
+        }
+        if decided.is_some() {
+            return decided;
+        }
+        let tell_peer = !self.passive && !slot.ended;
+        world.end_op(self.op);
+        if let (true, Some(peer)) = (tell_peer, self.peer) {
+            world.send(self.node, peer, Payload::Notify(self.key.cancel_message()));
+            drop(world);
+            self.world.ring();
+        }
+        None
+    }
+}
+
 impl Drop for SimTransfer {
     fn drop(&mut self) {
         self.world.lock().remove_op(self.op);
@@ -438,6 +472,7 @@ impl Future for SimSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = self.world.start_driver();
         if self.world.lock().poll_timer(self.id, cx.waker()) {
             Poll::Ready(())
         } else {

@@ -32,6 +32,7 @@
 
 mod backend;
 mod rng;
+mod staging;
 mod world;
 
 pub use backend::{SimBackend, DUPLICATE_KEY};

@@ -7,6 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use ferry_core::{Error, KeyTable, Notification, NotificationKey, OperationKind, 
 use tokio::sync::Notify;
 
 use crate::rng::{Fnv, SplitMix64};
+use crate::staging::Staged;
 
 /// A Connector's place in a world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,6 +144,9 @@ enum Scheduled {
         payload: Payload,
     },
     Timer(u64),
+    /// An operation's deadline: the world ends the operation, revoking access, whether or not
+    /// its owner is polling.
+    Deadline(OpId),
 }
 
 /// What the world tells an operation; the operation's transfer turns it into state-machine
@@ -163,15 +168,40 @@ pub(crate) struct OpSlot {
     pub(crate) regions: Vec<Region>,
     /// Passive readable: the exposed bytes.
     pub(crate) snapshot: Vec<Bytes>,
-    /// Passive writable: what peers wrote, per region, as (offset, bytes) pieces.
-    pub(crate) staged: Vec<Vec<(u64, Bytes)>>,
+    /// Passive writable: what peers wrote, per region.
+    pub(crate) staged: Vec<Staged>,
     pub(crate) events: VecDeque<SlotEvent>,
     pub(crate) waker: Option<Waker>,
-    /// The world has stopped serving this operation (it ended on this side).
+    /// The world has stopped serving this operation: it ended on this side.
     pub(crate) ended: bool,
+    /// The scheduled deadline, to forget when the operation ends first.
+    deadline: Option<u64>,
 }
 
 impl OpSlot {
+    /// A slot for a new operation.
+    pub(crate) fn new(
+        node: NodeId,
+        kind: OperationKind,
+        key: NotificationKey,
+        regions: Vec<Region>,
+    ) -> Self {
+        OpSlot {
+            node,
+            peer: None,
+            kind,
+            passive: false,
+            key,
+            regions,
+            snapshot: Vec::new(),
+            staged: Vec::new(),
+            events: VecDeque::new(),
+            waker: None,
+            ended: false,
+            deadline: None,
+        }
+    }
+
     fn push(&mut self, event: SlotEvent) {
         self.events.push_back(event);
         if let Some(waker) = self.waker.take() {
@@ -225,7 +255,7 @@ pub(crate) struct World {
 pub(crate) struct Shared {
     world: Mutex<World>,
     pub(crate) doorbell: Arc<Notify>,
-    driver_alive: Arc<std::sync::atomic::AtomicBool>,
+    driver_alive: Arc<AtomicBool>,
 }
 
 impl Drop for Shared {
@@ -247,7 +277,9 @@ impl Drop for Shared {
 /// Virtual time advances only when every runnable task has had its turn: a driver task delivers
 /// the earliest pending events, yields, and parks when nothing is pending. Deadlines and
 /// [`Backend::sleep`](ferry_core::Backend::sleep) run on this clock, so a test of a ten-second
-/// deadline takes microseconds.
+/// deadline takes microseconds. The driver runs on a runtime that uses the world; if that
+/// runtime shuts down, every waiting operation is woken and the next one to look restarts the
+/// driver on its own runtime.
 #[derive(Debug, Clone)]
 pub struct SimWorld {
     pub(crate) shared: Arc<Shared>,
@@ -260,7 +292,7 @@ pub struct SimWorldBuilder {
     link: LinkConfig,
 }
 
-static NEXT_WORLD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_WORLD: AtomicU64 = AtomicU64::new(1);
 
 impl SimWorldBuilder {
     /// The seed of the world's generator (keys, jitter).
@@ -279,7 +311,7 @@ impl SimWorldBuilder {
     /// The world.
     pub fn build(self) -> SimWorld {
         let world = World {
-            id: NEXT_WORLD.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: NEXT_WORLD.fetch_add(1, Ordering::Relaxed),
             rng: SplitMix64::new(self.seed),
             now: 0,
             seq: 0,
@@ -304,7 +336,7 @@ impl SimWorldBuilder {
             shared: Arc::new(Shared {
                 world: Mutex::new(world),
                 doorbell: Arc::new(Notify::new()),
-                driver_alive: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                driver_alive: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -317,7 +349,7 @@ impl Default for SimWorld {
 }
 
 impl SimWorld {
-    /// A world with seed 0 and the default link.
+    /// A world with this seed and the default link.
     pub fn new(seed: u64) -> Self {
         SimWorld::builder().seed(seed).build()
     }
@@ -332,6 +364,11 @@ impl SimWorld {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
         lock(&self.shared)
+    }
+
+    /// Rings the driver: something was scheduled.
+    pub(crate) fn ring(&self) {
+        self.shared.doorbell.notify_one();
     }
 
     /// Virtual time since the world began.
@@ -374,32 +411,30 @@ impl SimWorld {
 
     /// Crashes a node, as if its process died: messages to and from it are lost, its own
     /// operations end `Errored`, and every operation paired with it ends `Errored(PeerLost)`
-    /// (the simulator observes peer loss on both sides).
+    /// (the simulator observes peer loss on both sides, for operations whose peer it has seen).
     pub fn crash(&self, node: NodeId) {
         let mut world = self.lock();
-        let Some(n) = world.nodes.get_mut(node.0 as usize) else {
+        if node.0 as usize >= world.nodes.len() {
             return;
-        };
-        n.crashed = true;
-        let keys: Vec<NotificationKey> = n.keys.iter().map(|(k, _)| *k).collect();
-        for key in keys {
-            n.keys.remove(&key);
         }
-        for slot in world.ops.values_mut() {
-            if slot.ended {
-                continue;
-            }
-            let cause = if slot.node == node {
-                crashed_error()
-            } else if slot.peer == Some(node) {
-                Error::PeerLost {
-                    reason: format!("sim node {} crashed", node.0),
+        world.node_mut(node).crashed = true;
+        let affected: Vec<(OpId, Error)> = world
+            .ops
+            .iter()
+            .filter(|(_, slot)| !slot.ended)
+            .filter_map(|(&op, slot)| {
+                if slot.node == node {
+                    Some((op, crashed_error()))
+                } else if slot.peer == Some(node) {
+                    let reason = format!("sim node {} crashed", node.0);
+                    Some((op, Error::PeerLost { reason }))
+                } else {
+                    None
                 }
-            } else {
-                continue;
-            };
-            slot.ended = true;
-            slot.push(SlotEvent::Core(Event::Failed(cause)));
+            })
+            .collect();
+        for (op, cause) in affected {
+            world.end_slot(op, Event::Failed(cause));
         }
         world.record_fault(1, node, node);
     }
@@ -434,26 +469,34 @@ impl SimWorld {
         fault: NotificationFault,
         count: u32,
     ) {
-        self.lock()
-            .notification_faults
-            .push((from, to, fault, count));
+        if count > 0 {
+            self.lock()
+                .notification_faults
+                .push((from, to, fault, count));
+        }
     }
 
-    /// Starts the clock on the current tokio runtime, unless it is running already. A driver
-    /// dies with its runtime (a test's runtime, say); the next Connector restarts it.
+    /// Makes sure a driver advances this world's clock, starting one on the current tokio
+    /// runtime if none is alive. Cheap when one is.
     pub(crate) fn start_driver(&self) -> Result<(), Error> {
-        use std::sync::atomic::Ordering;
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::BackendUnavailable {
-            backend: "sim",
-            reason: "the simulator's clock runs as a tokio task: build the Connector inside a tokio runtime".into(),
-        })?;
+        if self.shared.driver_alive.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|_| Error::BackendUnavailable {
+                backend: "sim",
+                reason: "the simulator's clock runs as a tokio task: use it inside a tokio runtime"
+                    .into(),
+            })?;
         if self.shared.driver_alive.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let weak = Arc::downgrade(&self.shared);
-        let doorbell = self.shared.doorbell.clone();
-        let alive = AliveGuard(self.shared.driver_alive.clone());
-        handle.spawn(drive(weak, doorbell, alive));
+        let guard = DriverGuard(Arc::downgrade(&self.shared));
+        handle.spawn(drive(
+            Arc::downgrade(&self.shared),
+            self.shared.doorbell.clone(),
+            guard,
+        ));
         Ok(())
     }
 }
@@ -479,19 +522,37 @@ pub(crate) fn crashed_error() -> Error {
 /// The sim's backend code for "this node crashed".
 pub const CRASHED: i64 = 1;
 
-/// Clears the world's "driver alive" flag when the driver task ends or is dropped with its
-/// runtime.
-struct AliveGuard(Arc<std::sync::atomic::AtomicBool>);
+/// Marks the driver dead when its task ends or is dropped with its runtime, and wakes every
+/// waiting operation and timer so that one of them, polled on a live runtime, restarts it.
+struct DriverGuard(Weak<Shared>);
 
-impl Drop for AliveGuard {
+impl Drop for DriverGuard {
     fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        shared.driver_alive.store(false, Ordering::Release);
+        let mut guard = lock(&shared);
+        let world = &mut *guard;
+        let wakers: Vec<Waker> = world
+            .ops
+            .values_mut()
+            .filter_map(|slot| slot.waker.take())
+            .chain(
+                world
+                    .timers
+                    .values_mut()
+                    .filter_map(|timer| timer.waker.take()),
+            )
+            .collect();
+        drop(guard);
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
 /// The clock: deliver the earliest events, let every runnable task go, repeat; park when
 /// nothing is pending.
-async fn drive(world: Weak<Shared>, doorbell: Arc<Notify>, _alive: AliveGuard) {
+async fn drive(world: Weak<Shared>, doorbell: Arc<Notify>, _guard: DriverGuard) {
     loop {
         tokio::task::yield_now().await;
         let notified = doorbell.notified();
@@ -525,6 +586,12 @@ impl World {
         &mut self.nodes[node.0 as usize]
     }
 
+    /// Whether a node can still send and receive.
+    pub(crate) fn is_gone(&self, node: NodeId) -> bool {
+        let n = self.node(node);
+        n.crashed || n.departed
+    }
+
     pub(crate) fn new_key(&mut self) -> NotificationKey {
         NotificationKey::from_random_bytes(self.rng.bytes16())
     }
@@ -536,21 +603,49 @@ impl World {
         id
     }
 
-    pub(crate) fn add_op(&mut self, slot: OpSlot) -> OpId {
+    /// Adds an operation; with a deadline, the world ends it then.
+    pub(crate) fn add_op(&mut self, mut slot: OpSlot, deadline: Option<Duration>) -> OpId {
         let id = self.next_op;
         self.next_op += 1;
+        if let Some(deadline) = deadline {
+            let at = self.now.saturating_add(duration_ns(deadline));
+            slot.deadline = Some(self.schedule(at, Scheduled::Deadline(id)));
+        }
         self.ops.insert(id, slot);
         id
     }
 
-    /// Ends an operation on its own side: it takes no more requests, and its key is gone.
+    /// Ends an operation in the world with a final event: it takes no more requests, its key is
+    /// gone, its deadline is forgotten. Nothing happens if it had already ended.
+    pub(crate) fn end_slot(&mut self, op: OpId, event: Event) {
+        let Some(slot) = self.ops.get_mut(&op).filter(|s| !s.ended) else {
+            return;
+        };
+        slot.ended = true;
+        slot.push(SlotEvent::Core(event));
+        self.forget(op);
+    }
+
+    /// Ends an operation on its own side without an event (cancel, drop).
     pub(crate) fn end_op(&mut self, op: OpId) {
         if let Some(slot) = self.ops.get_mut(&op) {
             slot.ended = true;
-            if slot.passive {
-                let (node, key) = (slot.node, slot.key);
-                self.node_mut(node).keys.remove(&key);
-            }
+            self.forget(op);
+        }
+    }
+
+    /// Removes an ended operation's key and deadline.
+    fn forget(&mut self, op: OpId) {
+        let Some(slot) = self.ops.get_mut(&op) else {
+            return;
+        };
+        let (node, key, passive, deadline) =
+            (slot.node, slot.key, slot.passive, slot.deadline.take());
+        if passive && self.node(node).keys.get(&key) == Some(&op) {
+            self.node_mut(node).keys.remove(&key);
+        }
+        if let Some(seq) = deadline {
+            self.unschedule(seq);
         }
     }
 
@@ -562,10 +657,8 @@ impl World {
 
     pub(crate) fn add_timer(&mut self, after: Duration) -> u64 {
         let at = self.now.saturating_add(duration_ns(after));
-        let id = self.schedule(at, Scheduled::Timer(0));
-        if let Some(Scheduled::Timer(slot)) = self.scheduled.get_mut(&id) {
-            *slot = id;
-        }
+        let id = self.seq;
+        self.schedule(at, Scheduled::Timer(id));
         self.timers.insert(id, TimerSlot::default());
         id
     }
@@ -584,7 +677,7 @@ impl World {
 
     pub(crate) fn remove_timer(&mut self, id: u64) {
         self.timers.remove(&id);
-        self.scheduled.remove(&id);
+        self.unschedule(id);
     }
 
     fn schedule(&mut self, at: u64, what: Scheduled) -> u64 {
@@ -595,8 +688,20 @@ impl World {
         seq
     }
 
+    /// Cancels a scheduled event. Its heap entry stays until reached (and is then skipped
+    /// without moving the clock), unless dead entries pile up, when the heap is compacted.
+    fn unschedule(&mut self, seq: u64) {
+        self.scheduled.remove(&seq);
+        if self.queue.len() > 2 * self.scheduled.len() + 64 {
+            let scheduled = &self.scheduled;
+            self.queue
+                .retain(|Reverse((_, seq))| scheduled.contains_key(seq));
+        }
+    }
+
     /// Sends a message; it arrives after the link's latency, jitter and transmission time, in
-    /// order with earlier messages on the same link.
+    /// order with everything sent before it on the same link (a delayed notification holds
+    /// back what follows it, as on an ordered connection).
     pub(crate) fn send(&mut self, from: NodeId, to: NodeId, payload: Payload) {
         if self.is_cut(from, to) {
             self.stats.dropped += 1;
@@ -607,7 +712,7 @@ impl World {
             if let Some(i) = self
                 .notification_faults
                 .iter()
-                .position(|(f, t, _, n)| *f == from && *t == to && *n > 0)
+                .position(|(f, t, _, _)| *f == from && *t == to)
             {
                 let fault = self.notification_faults[i].2;
                 self.notification_faults[i].3 -= 1;
@@ -641,7 +746,8 @@ impl World {
         let jitter = self.rng.below(duration_ns(link.jitter).saturating_add(1));
         let arrive = done
             .saturating_add(duration_ns(link.latency))
-            .saturating_add(jitter);
+            .saturating_add(jitter)
+            .saturating_add(extra);
         let last = self
             .link_last_delivery
             .get(&(from, to))
@@ -649,10 +755,7 @@ impl World {
             .unwrap_or(0);
         let arrive = arrive.max(last);
         self.link_last_delivery.insert((from, to), arrive);
-        self.schedule(
-            arrive.saturating_add(extra),
-            Scheduled::Message { from, to, payload },
-        );
+        self.schedule(arrive, Scheduled::Message { from, to, payload });
     }
 
     fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
@@ -666,12 +769,12 @@ impl World {
     /// other node gets a `Closed` behind whatever this node already sent it, and then fails
     /// whatever is still paired with it.
     pub(crate) fn depart(&mut self, node: NodeId) {
-        if self.node(node).crashed || self.node(node).departed {
+        if self.is_gone(node) {
             return;
         }
         let others: Vec<NodeId> = (0..self.nodes.len() as u32)
             .map(NodeId)
-            .filter(|&n| n != node && !self.node(n).crashed && !self.node(n).departed)
+            .filter(|&n| n != node && !self.is_gone(n))
             .collect();
         for other in others {
             self.send(node, other, Payload::Closed);
@@ -680,7 +783,14 @@ impl World {
     }
 
     /// Delivers every event due at the earliest pending time; `false` if nothing is pending.
+    /// Cancelled events are skipped without moving the clock.
     pub(crate) fn step(&mut self) -> bool {
+        while let Some(&Reverse((_, seq))) = self.queue.peek() {
+            if self.scheduled.contains_key(&seq) {
+                break;
+            }
+            self.queue.pop();
+        }
         let Some(&Reverse((at, _))) = self.queue.peek() else {
             return false;
         };
@@ -691,7 +801,7 @@ impl World {
             }
             self.queue.pop();
             if let Some(what) = self.scheduled.remove(&seq) {
-                self.deliver(what);
+                self.deliver(seq, what);
             }
         }
         true
@@ -710,7 +820,7 @@ impl World {
         self.record(100 + kind, a, b, 0);
     }
 
-    fn deliver(&mut self, what: Scheduled) {
+    fn deliver(&mut self, seq: u64, what: Scheduled) {
         match what {
             Scheduled::Timer(id) => {
                 self.record(0, NodeId(0), NodeId(0), id);
@@ -720,6 +830,19 @@ impl World {
                         waker.wake();
                     }
                 }
+            }
+            Scheduled::Deadline(op) => {
+                let Some(slot) = self.ops.get_mut(&op).filter(|s| !s.ended) else {
+                    return;
+                };
+                let (node, peer, key, passive) = (slot.node, slot.peer, slot.key, slot.passive);
+                slot.deadline = None;
+                self.record(7, node, node, seq);
+                if let (false, Some(peer)) = (passive, peer) {
+                    // An active operation that gives up tells its peer, as a cancel would.
+                    self.send(node, peer, Payload::Notify(key.cancel_message()));
+                }
+                self.end_slot(op, Event::DeadlinePassed);
             }
             Scheduled::Message { from, to, payload } => {
                 if self.is_cut(from, to) {
@@ -764,7 +887,11 @@ impl World {
                             .map(|(addr, data)| locate(&slot.regions, *addr, data.len() as u64))
                             .collect::<Result<Vec<_>, _>>()?;
                         for ((i, offset), (_, data)) in placed.into_iter().zip(pieces) {
-                            stage(&mut slot.staged[i], slot.regions[i].len, offset, data);
+                            slot.staged[i].write(
+                                slot.regions[i].len as usize,
+                                offset as usize,
+                                data,
+                            );
                         }
                         Ok(())
                     });
@@ -774,60 +901,58 @@ impl World {
                 self.send(to, from, Payload::WriteReply { op, result });
             }
             Payload::ReadReply { op, result } => {
-                if let Some(slot) = self.ops.get_mut(&op).filter(|s| !s.ended) {
-                    slot.ended = true;
-                    match result {
-                        Ok(data) => {
-                            let key = slot.key;
-                            slot.push(SlotEvent::ReadData(data));
-                            // The bytes have reached the reader, as a one-sided read's would
-                            // have without the reader's CPU; the notification follows them.
-                            // They land in the reader's memory before its operation reports
-                            // Complete (poll or cancel).
-                            self.send(to, from, Payload::Notify(key.completion_message()));
-                        }
-                        Err(cause) => slot.push(SlotEvent::Core(Event::Failed(cause))),
+                let Some(slot) = self.ops.get_mut(&op).filter(|s| !s.ended) else {
+                    return;
+                };
+                match result {
+                    Ok(data) => {
+                        let key = slot.key;
+                        slot.ended = true;
+                        slot.push(SlotEvent::ReadData(data));
+                        self.forget(op);
+                        // The bytes have reached the reader, as a one-sided read's would have
+                        // without the reader's CPU; the notification follows them. They land
+                        // in the reader's memory before its operation reports Complete.
+                        self.send(to, from, Payload::Notify(key.completion_message()));
                     }
+                    Err(cause) => self.end_slot(op, Event::Failed(cause)),
                 }
             }
             Payload::WriteReply { op, result } => {
-                if let Some(slot) = self.ops.get_mut(&op).filter(|s| !s.ended) {
-                    let key = slot.key;
-                    slot.ended = true;
-                    match result {
-                        Ok(()) => {
-                            slot.push(SlotEvent::Core(Event::Completed));
-                            // The bytes have landed; the notification follows them.
-                            self.send(to, from, Payload::Notify(key.completion_message()));
-                        }
-                        Err(cause) => slot.push(SlotEvent::Core(Event::Failed(cause))),
+                let Some(slot) = self.ops.get(&op).filter(|s| !s.ended) else {
+                    return;
+                };
+                let key = slot.key;
+                match result {
+                    Ok(()) => {
+                        self.end_slot(op, Event::Completed);
+                        // The bytes have landed; the notification follows them.
+                        self.send(to, from, Payload::Notify(key.completion_message()));
                     }
-                }
-            }
-            Payload::Closed => {
-                for slot in self.ops.values_mut() {
-                    if slot.node == to && slot.peer == Some(from) && !slot.ended {
-                        slot.ended = true;
-                        slot.push(SlotEvent::Core(Event::Failed(Error::PeerLost {
-                            reason: format!("sim node {} closed", from.0),
-                        })));
-                    }
+                    Err(cause) => self.end_slot(op, Event::Failed(cause)),
                 }
             }
             Payload::Notify(message) => {
-                let node = self.node_mut(to);
                 let (key, event) = match Notification::parse(&message) {
                     Some(Notification::Complete(key)) => (key, Event::Completed),
                     Some(Notification::Cancel(key)) => (key, Event::PeerCancelled),
                     None => return,
                 };
-                // First matching notification wins; the key is consumed.
-                let Some(op) = node.keys.take(&key) else {
-                    return;
-                };
-                if let Some(slot) = self.ops.get_mut(&op) {
-                    slot.ended = true;
-                    slot.push(SlotEvent::Core(event));
+                // First matching notification wins; the key is consumed on arrival.
+                if let Some(op) = self.node_mut(to).keys.take(&key) {
+                    self.end_slot(op, event);
+                }
+            }
+            Payload::Closed => {
+                let paired: Vec<OpId> = self
+                    .ops
+                    .iter()
+                    .filter(|(_, s)| s.node == to && s.peer == Some(from) && !s.ended)
+                    .map(|(&op, _)| op)
+                    .collect();
+                for op in paired {
+                    let reason = format!("sim node {} closed", from.0);
+                    self.end_slot(op, Event::Failed(Error::PeerLost { reason }));
                 }
             }
         }
@@ -842,7 +967,11 @@ impl World {
         kind: OperationKind,
     ) -> Result<&mut OpSlot, Error> {
         let op = *self.node(node).keys.get(&key).ok_or(Error::StaleMetadata)?;
-        let slot = self.ops.get_mut(&op).ok_or(Error::StaleMetadata)?;
+        let slot = self
+            .ops
+            .get_mut(&op)
+            .filter(|s| !s.ended)
+            .ok_or(Error::StaleMetadata)?;
         if slot.kind != kind {
             return Err(Error::AccessDenied {
                 side: Side::Remote,
@@ -867,33 +996,6 @@ fn locate(regions: &[Region], addr: u64, len: u64) -> Result<(usize, u64), Error
             side: Side::Remote,
             reason: format!("{len} bytes at {addr:#x} lie outside the offered regions"),
         })
-}
-
-/// Records a write into a writable's region. A write covering the whole region replaces what
-/// was there; many partial writes are merged so a peer cannot grow this without bound.
-fn stage(pieces: &mut Vec<(u64, Bytes)>, region_len: u64, offset: u64, data: Bytes) {
-    if offset == 0 && data.len() as u64 == region_len {
-        pieces.clear();
-        pieces.push((0, data));
-        return;
-    }
-    pieces.push((offset, data));
-    if pieces.len() > 64 {
-        let mut merged = vec![0u8; region_len as usize];
-        apply(pieces, &mut merged);
-        pieces.clear();
-        pieces.push((0, Bytes::from(merged)));
-    }
-}
-
-/// Copies staged pieces, in order, into `target`.
-pub(crate) fn apply(pieces: &[(u64, Bytes)], target: &mut [u8]) {
-    for (offset, data) in pieces {
-        let start = *offset as usize;
-        if let Some(dst) = target.get_mut(start..start + data.len()) {
-            dst.copy_from_slice(data);
-        }
-    }
 }
 
 pub(crate) fn duration_ns(d: Duration) -> u64 {

@@ -82,11 +82,14 @@ pub trait Backend: Send + Sync + 'static {
     fn deregister(&self, id: RegistrationId);
 
     /// Exposes local memory to a peer under `key`: a readable (`kind == Read`) or a writable.
+    /// With a `deadline`, a backend that mediates access ends the operation then (revoking
+    /// access) even if its owner is not polling; the operation's own timer is the backstop.
     fn expose<'a>(
         &'a self,
         kind: OperationKind,
         key: NotificationKey,
         local: &'a [Descriptor<'_>],
+        deadline: Option<Duration>,
     ) -> BoxFuture<'a, Result<Exposed, Error>>;
 
     /// Connects to the peer an endpoint blob names. Backends cache peers by identity and never
@@ -105,12 +108,13 @@ pub trait Backend: Send + Sync + 'static {
 pub trait Peer: Send + Sync {
     /// Posts a read (`kind == Read`: pull `remote` into `local`) or a write (push `local` into
     /// `remote`), eagerly, with the completion notification to follow the data. Validation has
-    /// already run.
+    /// already run. `deadline` as for [`Backend::expose`].
     fn post<'a>(
         &'a self,
         kind: OperationKind,
         remote: &'a RdmaMetadata,
         local: &'a mut [Descriptor<'_>],
+        deadline: Option<Duration>,
     ) -> BoxFuture<'a, Result<Box<dyn Transfer>, Error>>;
 }
 

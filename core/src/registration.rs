@@ -1,11 +1,14 @@
-//! Registration bookkeeping: pinned regions and a bounded, range-aware cache.
+//! Registration bookkeeping: pinned regions and a bounded, range-aware cache, with leases so
+//! nothing in use is ever deregistered.
+
+use std::collections::BTreeMap;
 
 use crate::descriptor::Region;
 
 /// Hit and miss counts of a [`RegistrationCache`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Lookups served by a live registration (cached or pinned).
+    /// Lookups served by a live registration (cached, pinned, or in use by another operation).
     pub hits: u64,
     /// Lookups that needed a new registration.
     pub misses: u64,
@@ -16,125 +19,183 @@ pub struct CacheStats {
 #[derive(Debug)]
 struct Entry<H> {
     region: Region,
-    handle: Option<H>,
+    handle: H,
     last_used: u64,
-    pin: Option<u64>,
+    leases: u32,
+    pinned: bool,
+    /// Unpinned while leased: it serves no new lookup and goes when its last lease does.
+    retired: bool,
 }
 
-/// Which regions are registered, keyed by (address range, device).
+impl<H> Entry<H> {
+    fn cached(&self) -> bool {
+        !self.pinned && !self.retired
+    }
+}
+
+/// A claim on a registration by one operation: the registration is neither evicted nor
+/// deregistered until the claim is released with [`RegistrationCache::release`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+#[must_use = "a lease must be released, or its registration is never deregistered"]
+pub struct Lease(u64);
+
+/// A pinned region's ticket, for [`RegistrationCache::unpin`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+#[must_use = "a pin must be unpinned, or its registration is never deregistered"]
+pub struct PinTicket(u64);
+
+/// Which regions are registered, keyed by (address range, device), and who uses them.
 ///
-/// Range-aware: a region inside a registered one reuses it. Two kinds of entry: *pinned*
-/// ones, owned by a caller's `Registration` and never evicted, and *cached* ones, owned by the
-/// cache, bounded by `capacity` and evicted least recently used first. Eviction hands the
-/// backend handle back so the caller can deregister it.
+/// Range-aware: a region inside a registered one reuses it. *Pinned* entries belong to a
+/// caller's `Registration` and are never evicted. *Cached* entries belong to the cache: at most
+/// `capacity` are kept once no operation uses them, least recently used evicted first. Every
+/// operation holds a [`Lease`] on each entry it uses, and an entry is handed back for
+/// deregistration only when it is both unwanted (evicted or unpinned) and unleased, so memory
+/// in flight is never deregistered.
 #[derive(Debug)]
 pub struct RegistrationCache<H> {
     capacity: usize,
-    entries: Vec<Entry<H>>,
+    entries: BTreeMap<u64, Entry<H>>,
+    next_id: u64,
     clock: u64,
-    next_pin: u64,
     stats: CacheStats,
 }
 
-/// A pinned entry's ticket, for [`RegistrationCache::unpin`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PinTicket(u64);
-
 impl<H> RegistrationCache<H> {
-    /// A cache holding at most `capacity` cached registrations (0 caches nothing; pinned
-    /// regions still count as hits).
+    /// A cache keeping at most `capacity` idle registrations (0 keeps none: each goes when its
+    /// last operation ends; pinned and in-use registrations still serve lookups).
     pub fn new(capacity: usize) -> Self {
         RegistrationCache {
             capacity,
-            entries: Vec::new(),
+            entries: BTreeMap::new(),
+            next_id: 1,
             clock: 0,
-            next_pin: 0,
             stats: CacheStats::default(),
         }
     }
 
-    /// Whether a live registration covers `region`; counts a hit or a miss.
-    pub fn lookup(&mut self, region: &Region) -> bool {
+    /// A lease on a live registration covering `region` (a hit; the oldest such registration
+    /// serves it), or `None` (a miss).
+    pub fn lookup(&mut self, region: &Region) -> Option<Lease> {
         self.clock += 1;
         let now = self.clock;
-        let found = self.entries.iter_mut().find(|e| {
-            e.region.device == region.device && e.region.contains(region.addr, region.len)
+        let found = self.entries.iter_mut().find(|(_, e)| {
+            !e.retired
+                && e.region.device == region.device
+                && e.region.contains(region.addr, region.len)
         });
         match found {
-            Some(entry) => {
+            Some((&id, entry)) => {
                 entry.last_used = now;
+                entry.leases += 1;
                 self.stats.hits += 1;
-                true
+                Some(Lease(id))
             }
             None => {
                 self.stats.misses += 1;
-                false
+                None
             }
         }
     }
 
-    /// Caches a new registration; returns the handles evicted to make room (deregister them).
-    /// With capacity 0 the handle itself comes straight back.
-    pub fn insert(&mut self, region: Region, handle: H) -> Vec<H> {
-        self.clock += 1;
-        self.entries.push(Entry {
-            region,
-            handle: Some(handle),
-            last_used: self.clock,
-            pin: None,
-        });
-        let mut evicted = Vec::new();
-        while self.cached() > self.capacity {
-            let oldest = self
+    /// Records a registration just made for `region` and leases it. Returns the lease and the
+    /// handles evicted to make room (deregister them).
+    pub fn insert(&mut self, region: Region, handle: H) -> (Lease, Vec<H>) {
+        let id = self.add(region, handle, false);
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.leases = 1;
+        }
+        (Lease(id), self.evict())
+    }
+
+    /// Ends a lease. Returns the handles that are now unwanted and unused (deregister them).
+    pub fn release(&mut self, lease: Lease) -> Vec<H> {
+        let mut freed = Vec::new();
+        if let Some(entry) = self.entries.get_mut(&lease.0) {
+            entry.leases = entry.leases.saturating_sub(1);
+            if entry.retired && entry.leases == 0 {
+                freed.extend(self.entries.remove(&lease.0).map(|e| e.handle));
+            }
+        }
+        freed.extend(self.evict());
+        freed
+    }
+
+    /// Records a registration pinned by a caller.
+    pub fn pin(&mut self, region: Region, handle: H) -> PinTicket {
+        PinTicket(self.add(region, handle, true))
+    }
+
+    /// Ends a pin. Returns its handle if no operation uses it; otherwise it goes with the last
+    /// lease.
+    pub fn unpin(&mut self, ticket: PinTicket) -> Vec<H> {
+        match self.entries.get_mut(&ticket.0) {
+            Some(entry) if entry.leases > 0 => {
+                entry.pinned = false;
+                entry.retired = true;
+                Vec::new()
+            }
+            Some(_) => self
                 .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.pin.is_none())
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(i, _)| i);
-            let Some(i) = oldest else { break };
-            if let Some(handle) = self.entries.swap_remove(i).handle {
-                evicted.push(handle);
-            }
-            self.stats.evictions += 1;
+                .remove(&ticket.0)
+                .map(|e| e.handle)
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
         }
-        evicted
     }
 
-    /// Records a region pinned by a caller's registration.
-    pub fn pin(&mut self, region: Region) -> PinTicket {
-        self.next_pin += 1;
-        self.entries.push(Entry {
-            region,
-            handle: None,
-            last_used: self.clock,
-            pin: Some(self.next_pin),
-        });
-        PinTicket(self.next_pin)
-    }
-
-    /// Forgets a pinned region.
-    pub fn unpin(&mut self, ticket: PinTicket) {
-        self.entries.retain(|e| e.pin != Some(ticket.0));
-    }
-
-    /// Takes every cached handle out (to deregister them all, at shutdown).
+    /// Takes every handle out (to deregister them all when the owner shuts down).
     pub fn drain(&mut self) -> Vec<H> {
-        let (cached, pinned): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entries)
-            .into_iter()
-            .partition(|e| e.pin.is_none());
-        self.entries = pinned;
-        cached.into_iter().filter_map(|e| e.handle).collect()
+        std::mem::take(&mut self.entries)
+            .into_values()
+            .map(|e| e.handle)
+            .collect()
     }
 
-    /// Cached (not pinned) registrations held.
+    /// Cached (not pinned) registrations held, in use or idle.
     pub fn cached(&self) -> usize {
-        self.entries.iter().filter(|e| e.pin.is_none()).count()
+        self.entries.values().filter(|e| e.cached()).count()
     }
 
     /// Hits, misses and evictions so far.
     pub fn stats(&self) -> CacheStats {
         self.stats
+    }
+
+    fn add(&mut self, region: Region, handle: H, pinned: bool) -> u64 {
+        self.clock += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.insert(
+            id,
+            Entry {
+                region,
+                handle,
+                last_used: self.clock,
+                leases: 0,
+                pinned,
+                retired: false,
+            },
+        );
+        id
+    }
+
+    /// Evicts idle cached entries, least recently used first, while over capacity.
+    fn evict(&mut self) -> Vec<H> {
+        let mut evicted = Vec::new();
+        while self.cached() > self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.cached() && e.leases == 0)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(&id, _)| id);
+            let Some(id) = oldest else { break };
+            evicted.extend(self.entries.remove(&id).map(|e| e.handle));
+            self.stats.evictions += 1;
+        }
+        evicted
     }
 }
 
@@ -155,13 +216,20 @@ mod tests {
     #[test]
     fn inner_regions_hit_and_capacity_evicts_lru() {
         let mut cache = RegistrationCache::new(2);
-        assert!(!cache.lookup(&region(1000, 100)));
-        assert!(cache.insert(region(1000, 100), 'a').is_empty());
-        assert!(cache.lookup(&region(1010, 10)));
-        assert!(!cache.lookup(&region(1090, 20)));
-        assert!(cache.insert(region(2000, 100), 'b').is_empty());
-        assert!(cache.lookup(&region(1000, 1)));
-        assert_eq!(cache.insert(region(3000, 100), 'c'), vec!['b']);
+        assert!(cache.lookup(&region(1000, 100)).is_none());
+        let (a, evicted) = cache.insert(region(1000, 100), 'a');
+        assert!(evicted.is_empty());
+        assert!(cache.release(a).is_empty());
+        let hit = cache.lookup(&region(1010, 10)).expect("inside");
+        assert!(cache.release(hit).is_empty());
+        assert!(cache.lookup(&region(1090, 20)).is_none());
+        let (b, _) = cache.insert(region(2000, 100), 'b');
+        assert!(cache.release(b).is_empty());
+        let hit = cache.lookup(&region(1000, 1)).expect("a again");
+        assert!(cache.release(hit).is_empty());
+        let (c, evicted) = cache.insert(region(3000, 100), 'c');
+        assert_eq!(evicted, vec!['b']);
+        assert!(cache.release(c).is_empty());
         assert_eq!(
             cache.stats(),
             CacheStats {
@@ -173,48 +241,91 @@ mod tests {
     }
 
     #[test]
-    fn pinned_regions_hit_and_are_never_evicted() {
+    fn leased_entries_are_never_evicted() {
         let mut cache = RegistrationCache::new(0);
-        let ticket = cache.pin(region(0x10_000, 1 << 20));
-        assert!(cache.lookup(&region(0x10_100, 4096)));
-        assert_eq!(cache.insert(region(1, 1), 7), vec![7]);
-        assert!(cache.lookup(&region(0x10_000, 1 << 20)));
-        cache.unpin(ticket);
-        assert!(!cache.lookup(&region(0x10_100, 4096)));
+        let (first, evicted) = cache.insert(region(0, 10), 1);
+        assert!(evicted.is_empty(), "in use");
+        let (second, evicted) = cache.insert(region(100, 10), 2);
+        assert!(
+            evicted.is_empty(),
+            "both in use, over capacity until released"
+        );
+        let shared = cache
+            .lookup(&region(2, 2))
+            .expect("a live registration serves others");
+        assert!(
+            cache.release(first).is_empty(),
+            "still leased by the second operation"
+        );
+        assert_eq!(cache.release(shared), vec![1]);
+        assert_eq!(cache.release(second), vec![2]);
+        assert_eq!(cache.cached(), 0);
+    }
+
+    #[test]
+    fn unpinning_waits_for_the_last_lease() {
+        let mut cache = RegistrationCache::new(0);
+        let ticket = cache.pin(region(0x10_000, 1 << 20), 'p');
+        let lease = cache
+            .lookup(&region(0x10_100, 4096))
+            .expect("pinned pools hit");
+        assert!(cache.unpin(ticket).is_empty(), "in use");
+        assert!(
+            cache.lookup(&region(0x10_100, 4096)).is_none(),
+            "retired: no new users"
+        );
+        assert_eq!(cache.release(lease), vec!['p']);
         let other_device = Region {
             device: Device::Cuda(0),
             ..region(0x10_100, 1)
         };
-        assert!(!cache.lookup(&other_device));
+        let ticket = cache.pin(region(0x10_000, 1 << 20), 'q');
+        assert!(cache.lookup(&other_device).is_none());
+        assert_eq!(cache.unpin(ticket), vec!['q']);
     }
 
     proptest! {
-        /// Model test: the cache agrees with a plain list on every lookup, and never holds more
-        /// than its capacity.
+        /// Model test: with each lease released at once, the cache agrees with a plain
+        /// most-recently-used list on every lookup, holds at most `cap` registrations, and
+        /// hands back exactly the handles it stops holding.
         #[test]
         fn agrees_with_a_model(ops in proptest::collection::vec((0u64..64, 1u64..16, any::<bool>()), 1..200), cap in 0usize..6) {
             let mut cache = RegistrationCache::new(cap);
-            let mut model: Vec<(Region, u64)> = Vec::new();
+            // (region, last used, handle): the oldest covering registration serves a lookup.
+            let mut model: Vec<(Region, u64, u64)> = Vec::new();
             let mut clock = 0u64;
+            let mut live = std::collections::BTreeSet::new();
+            let mut next = 0u64;
             for (addr, len, insert) in ops {
                 let r = region(addr, len);
                 clock += 1;
-                let hit = model.iter().any(|(m, _)| m.contains(r.addr, r.len));
-                prop_assert_eq!(cache.lookup(&r), hit);
-                if let Some(entry) = model.iter_mut().find(|(m, _)| m.contains(r.addr, r.len)) {
+                let covering = model.iter_mut().filter(|(m, _, _)| m.contains(r.addr, r.len)).min_by_key(|(_, _, h)| *h);
+                let hit = covering.is_some();
+                if let Some(entry) = covering {
                     entry.1 = clock;
+                }
+                let lease = cache.lookup(&r);
+                prop_assert_eq!(lease.is_some(), hit);
+                if let Some(lease) = lease {
+                    prop_assert!(cache.release(lease).is_empty());
                 } else if insert {
                     clock += 1;
-                    model.push((r, clock));
-                    let evicted = cache.insert(r, ());
+                    next += 1;
+                    model.push((r, clock, next));
+                    live.insert(next);
+                    let (lease, mut freed) = cache.insert(r, next);
+                    freed.extend(cache.release(lease));
                     while model.len() > cap {
-                        let i = model.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i).unwrap();
+                        let i = model.iter().enumerate().min_by_key(|(_, (_, t, _))| *t).map(|(i, _)| i).unwrap();
                         model.swap_remove(i);
                     }
-                    prop_assert!(evicted.len() <= 1 + cap);
+                    for handle in freed {
+                        prop_assert!(live.remove(&handle), "handed back twice or never held");
+                    }
                 }
                 prop_assert!(cache.cached() <= cap);
                 prop_assert_eq!(cache.cached(), model.len());
+                prop_assert_eq!(live.len(), model.len());
             }
         }
     }

@@ -115,7 +115,6 @@ pub fn transition(role: Role, state: &OpState, event: Event) -> Result<Step, Inv
         (Role::Active, S::Uninitialized, E::Posted) => S::InProgress,
         (Role::Active, S::InProgress, E::Completed) => S::Complete,
         (Role::Active, S::InProgress, E::CancelRequested) => S::Cancelled { by: Side::Local },
-        (Role::Active, S::InProgress, E::PeerCancelled) => S::Cancelled { by: Side::Remote },
         (Role::Active, S::InProgress, E::Failed(cause)) => S::Errored(cause.clone()),
         (Role::Active, S::InProgress, E::DeadlinePassed) => S::Errored(Error::DeadlineExceeded),
         // Passive operation.
@@ -228,9 +227,6 @@ mod tests {
             (Role::Active, St::InProgress, Event::Completed) => moved(OpState::Complete),
             (Role::Active, St::InProgress, Event::CancelRequested) => {
                 moved(OpState::Cancelled { by: Side::Local })
-            }
-            (Role::Active, St::InProgress, Event::PeerCancelled) => {
-                moved(OpState::Cancelled { by: Side::Remote })
             }
             (Role::Active, St::InProgress, Event::Failed(_)) => moved(lost()),
             (Role::Active, St::InProgress, Event::DeadlinePassed) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ferry_core::state::{Event, Role};
 use ferry_core::{
-    validate_active, validate_passive, Backend, CacheStats, Capabilities, Descriptor, Error,
+    validate_active, validate_passive, Backend, CacheStats, Capabilities, Descriptor, Error, Lease,
     OperationKind, PinTicket, RdmaMetadata, Region, RegistrationCache, RegistrationId,
     RemoteDescriptor,
 };
@@ -165,7 +165,10 @@ impl Connector {
     /// Counters.
     pub fn stats(&self) -> ConnectorStats {
         let c = &self.inner.counters;
-        let registered = c.registered.load(Ordering::Relaxed);
+        // Deregistrations first: a registration made between the two loads can only make the
+        // live count look higher, never negative.
+        let deregistered = c.deregistered.load(Ordering::Acquire);
+        let registered = c.registered.load(Ordering::Acquire);
         ConnectorStats {
             operations: c.started.load(Ordering::Relaxed),
             completed: c.completed.load(Ordering::Relaxed),
@@ -173,7 +176,7 @@ impl Connector {
             errored: c.errored.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             registrations: registered,
-            live_registrations: registered - c.deregistered.load(Ordering::Relaxed),
+            live_registrations: registered.saturating_sub(deregistered),
             cache: self.inner.cache().stats(),
         }
     }
@@ -241,7 +244,7 @@ impl Connector {
     ) -> Result<Registration<'buf>, Error> {
         let mut registration = Registration {
             connector: self.inner.clone(),
-            entries: Vec::new(),
+            pins: Vec::new(),
             memory: std::marker::PhantomData,
         };
         for descriptor in descriptors {
@@ -253,8 +256,7 @@ impl Connector {
                 });
             }
             let id = self.inner.register(region)?;
-            let ticket = self.inner.cache().pin(region);
-            registration.entries.push((id, ticket));
+            registration.pins.push(self.inner.cache().pin(region, id));
         }
         Ok(registration)
     }
@@ -267,16 +269,12 @@ impl Connector {
         let backend = &self.inner.backend;
         let (regions, writable) = summarise(&descriptors);
         validate_passive(kind, backend.capabilities(), &regions, &writable)?;
-        let registrations = self.inner.register_for_op(&regions)?;
+        let leases = self.inner.register_for_op(&regions)?;
         let key = backend.new_key();
-        let mut core = OpCore::new(
-            self.inner.clone(),
-            Role::Passive,
-            kind,
-            descriptors,
-            registrations,
-        );
-        let exposed = backend.expose(kind, key, &core.descriptors).await?;
+        let mut core = OpCore::new(self.inner.clone(), Role::Passive, kind, descriptors, leases);
+        let exposed = backend
+            .expose(kind, key, &core.descriptors, self.inner.deadline)
+            .await?;
         core.metadata = Some(RdmaMetadata {
             descriptors: regions.into_iter().map(RemoteDescriptor::from).collect(),
             nixl_metadata: exposed.endpoint.encode(),
@@ -298,15 +296,11 @@ impl Connector {
         validate_active(kind, backend.capabilities(), &regions, &writable, metadata)?;
         let endpoint = metadata.endpoint()?;
         let peer = backend.connect(&endpoint).await?;
-        let registrations = self.inner.register_for_op(&regions)?;
-        let mut core = OpCore::new(
-            self.inner.clone(),
-            Role::Active,
-            kind,
-            descriptors,
-            registrations,
-        );
-        let transfer = peer.post(kind, metadata, &mut core.descriptors).await?;
+        let leases = self.inner.register_for_op(&regions)?;
+        let mut core = OpCore::new(self.inner.clone(), Role::Active, kind, descriptors, leases);
+        let transfer = peer
+            .post(kind, metadata, &mut core.descriptors, self.inner.deadline)
+            .await?;
         core.start(transfer, Event::Posted);
         Ok(core)
     }
@@ -336,32 +330,40 @@ impl Inner {
         self.counters.deregistered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Registers what an operation needs and no live registration covers. Returns the
-    /// registrations the operation owns (released when it ends); cached ones are owned by the
-    /// cache.
-    fn register_for_op(&self, regions: &[Region]) -> Result<Vec<RegistrationId>, Error> {
-        let mut owned = Vec::new();
+    /// Leases a registration for each region an operation uses, registering what no live
+    /// registration covers. The leases are released when the operation ends.
+    fn register_for_op(&self, regions: &[Region]) -> Result<Vec<Lease>, Error> {
+        let mut leases = Vec::with_capacity(regions.len());
         for region in regions {
-            if self.cache().lookup(region) {
+            if let Some(lease) = self.cache().lookup(region) {
+                leases.push(lease);
                 continue;
             }
-            let id = match self.register(*region) {
-                Ok(id) => id,
-                Err(e) => {
-                    owned.into_iter().for_each(|id| self.deregister(id));
-                    return Err(e);
+            match self.register(*region) {
+                Ok(id) => {
+                    let (lease, evicted) = self.cache().insert(*region, id);
+                    evicted.into_iter().for_each(|id| self.deregister(id));
+                    leases.push(lease);
                 }
-            };
-            let returned = self.cache().insert(*region, id);
-            for evicted in returned {
-                if evicted == id {
-                    owned.push(id);
-                } else {
-                    self.deregister(evicted);
+                Err(e) => {
+                    self.release(leases);
+                    return Err(e);
                 }
             }
         }
-        Ok(owned)
+        Ok(leases)
+    }
+
+    /// Releases an operation's leases, deregistering what no one wants any more.
+    pub(crate) fn release(&self, leases: Vec<Lease>) {
+        let unwanted: Vec<RegistrationId> = {
+            let mut cache = self.cache();
+            leases
+                .into_iter()
+                .flat_map(|lease| cache.release(lease))
+                .collect()
+        };
+        unwanted.into_iter().for_each(|id| self.deregister(id));
     }
 }
 
@@ -380,38 +382,41 @@ impl Drop for Inner {
 /// Operations on memory inside a registered region register nothing of their own. With the
 /// nixl and ucx backends a live registration keeps that memory reachable by a peer holding old
 /// metadata; drop it when the pool is retired.
-#[must_use = "dropping a Registration deregisters the memory at once"]
+#[must_use = "dropping a Registration unpins the memory at once"]
 pub struct Registration<'buf> {
     connector: Arc<Inner>,
-    entries: Vec<(RegistrationId, PinTicket)>,
+    pins: Vec<PinTicket>,
     memory: std::marker::PhantomData<&'buf [u8]>,
 }
 
 impl Registration<'_> {
     /// How many regions it holds.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.pins.len()
     }
 
     /// Whether it holds no region.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.pins.is_empty()
     }
 }
 
 impl std::fmt::Debug for Registration<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
-            .field("regions", &self.entries.len())
+            .field("regions", &self.pins.len())
             .finish()
     }
 }
 
 impl Drop for Registration<'_> {
+    /// Unpins every region; each is deregistered now, or when the last operation using it ends.
     fn drop(&mut self) {
-        for (id, ticket) in self.entries.drain(..) {
-            self.connector.cache().unpin(ticket);
-            self.connector.deregister(id);
+        for ticket in self.pins.drain(..) {
+            let unwanted = self.connector.cache().unpin(ticket);
+            unwanted
+                .into_iter()
+                .for_each(|id| self.connector.deregister(id));
         }
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use ferry_core::state::{Event, Role, StateMachine};
 use ferry_core::{
-    BoxFuture, Descriptor, Error, NotificationKey, OperationKind, OperationStatus, RdmaMetadata,
-    RegistrationId, Transfer,
+    BoxFuture, Descriptor, Error, Lease, NotificationKey, OperationKind, OperationStatus,
+    RdmaMetadata, Transfer,
 };
 
 use crate::connector::Inner;
@@ -162,6 +162,10 @@ impl<K: kind::Passive> Operation<'_, K> {
     }
 }
 
+/// The `code` of the error an operation ends with when its backend reports an ending it cannot
+/// take (a backend bug, surfaced rather than hung on).
+pub const INVALID_EVENT: i64 = -1;
+
 /// What the four operations share: the state machine, the backend's transfer, the memory.
 pub(crate) struct OpCore<'buf> {
     pub(crate) inner: Arc<Inner>,
@@ -170,7 +174,7 @@ pub(crate) struct OpCore<'buf> {
     pub(crate) descriptors: Vec<Descriptor<'buf>>,
     pub(crate) metadata: Option<RdmaMetadata>,
     transfer: Option<Box<dyn Transfer>>,
-    registrations: Vec<RegistrationId>,
+    leases: Vec<Lease>,
     deadline: Option<BoxFuture<'static, ()>>,
     span: tracing::Span,
     started: Instant,
@@ -184,7 +188,7 @@ impl<'buf> OpCore<'buf> {
         role: Role,
         kind: OperationKind,
         descriptors: Vec<Descriptor<'buf>>,
-        registrations: Vec<RegistrationId>,
+        leases: Vec<Lease>,
     ) -> Self {
         let bytes = descriptors.iter().map(|d| d.len() as u64).sum();
         let span = tracing::debug_span!(
@@ -204,7 +208,7 @@ impl<'buf> OpCore<'buf> {
             descriptors,
             metadata: None,
             transfer: None,
-            registrations,
+            leases,
             deadline: None,
             span,
             started: Instant::now(),
@@ -222,10 +226,22 @@ impl<'buf> OpCore<'buf> {
     }
 
     fn apply(&mut self, event: Event) {
+        let ends = matches!(
+            event,
+            Event::Completed | Event::PeerCancelled | Event::Failed(_) | Event::DeadlinePassed
+        );
         if let Err(invalid) = self.machine.apply(event) {
-            // A backend reported an event that does not apply here (for example a peer start
-            // to an active operation): the table keeps the state, and we say so.
-            tracing::debug!(parent: &self.span, %invalid, "event ignored");
+            // A backend reported an event this operation cannot take (a backend bug). A start
+            // is ignored; an ending must not be lost, or the operation would wait forever.
+            tracing::debug!(parent: &self.span, %invalid, "invalid event from the backend");
+            if ends {
+                let _ = self.machine.apply(Event::Failed(Error::Backend {
+                    backend: self.inner.backend.capabilities().backend,
+                    side: ferry_core::Side::Local,
+                    code: INVALID_EVENT,
+                    message: invalid.to_string(),
+                }));
+            }
         }
         if self.machine.state().status().is_terminal() {
             self.finish();
@@ -285,9 +301,7 @@ impl<'buf> OpCore<'buf> {
         }
         self.transfer = None;
         self.deadline = None;
-        for id in self.registrations.drain(..) {
-            self.inner.deregister(id);
-        }
+        self.inner.release(std::mem::take(&mut self.leases));
         let counters = &self.inner.counters;
         let status = self.machine.state().status();
         let outcome = match status {
@@ -317,5 +331,58 @@ impl Drop for OpCore<'_> {
     fn drop(&mut self) {
         self.cancel();
         self.finish();
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::*;
+    use crate::sim::{SimBackend, SimWorld};
+    use crate::Connector;
+
+    /// An ending the table refuses (a peer cancel reported to an active operation) ends the
+    /// operation `Errored` instead of being dropped, which would leave it waiting forever.
+    #[tokio::test]
+    async fn an_invalid_ending_from_a_backend_is_not_lost() {
+        let world = SimWorld::new(1);
+        let connector = |name: &'static str| {
+            let backend = SimBackend::new(&world, name).expect("runtime");
+            Connector::builder()
+                .worker_id(name)
+                .backend(backend)
+                .build()
+        };
+        let (a, b) = (
+            connector("a").await.expect("a"),
+            connector("b").await.expect("b"),
+        );
+        let source = vec![1u8; 16];
+        let mut landing = vec![0u8; 16];
+        let readable = a
+            .create_readable([Descriptor::from_slice(&source)])
+            .await
+            .expect("readable");
+        let mut read = b
+            .begin_read(
+                readable.metadata(),
+                [Descriptor::from_mut_slice(&mut landing)],
+            )
+            .await
+            .expect("begin");
+        read.core.apply(Event::PeerCancelled);
+        assert_eq!(read.core.machine.state().status(), OperationStatus::Errored);
+        assert!(matches!(
+            read.error(),
+            Some(Error::Backend {
+                code: INVALID_EVENT,
+                ..
+            })
+        ));
+        read.core.apply(Event::PeerStarted);
+        assert_eq!(
+            read.status(),
+            OperationStatus::Errored,
+            "a stray start changes nothing"
+        );
     }
 }
