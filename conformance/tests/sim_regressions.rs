@@ -2,6 +2,7 @@
 //! rule it protects.
 
 mod sim {
+    use std::future::Future;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
@@ -305,6 +306,7 @@ mod sim {
             .build()
             .expect("runtime");
         let world2 = world.clone();
+        let (parked_tx, parked_rx) = std::sync::mpsc::channel();
         let waiter = std::thread::spawn(move || {
             second.block_on(async {
                 let a = connector(&world2, "a", 0).await;
@@ -313,14 +315,24 @@ mod sim {
                     .create_readable([Descriptor::from_slice(&x)])
                     .await
                     .expect("readable");
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    readable.wait_for_completion_timeout(Duration::from_millis(5)),
-                )
-                .await
+                let mut wait =
+                    std::pin::pin!(readable.wait_for_completion_timeout(Duration::from_millis(5)));
+                let mut told = false;
+                // Tell the main thread once the wait has parked (its waker is with the world).
+                let parked = std::future::poll_fn(|cx| {
+                    let poll = wait.as_mut().poll(cx);
+                    if poll.is_pending() && !told {
+                        told = true;
+                        let _ = parked_tx.send(());
+                    }
+                    poll
+                });
+                tokio::time::timeout(Duration::from_secs(10), parked).await
             })
         });
-        std::thread::sleep(Duration::from_millis(200));
+        parked_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiter parked");
         drop(first);
         let outcome = waiter.join().expect("thread");
         assert_eq!(outcome.expect("no hang"), Err(Error::Timeout));
