@@ -9,6 +9,7 @@ mod sim {
 
     use ferry::sim::{LinkConfig, NotificationFault, SimBackend, SimWorld};
     use ferry::{Connector, Descriptor, Error, OperationStatus, RemoteDescriptor};
+    use ferry_conformance::rules::{read_pair, write_pair};
 
     async fn connector(world: &SimWorld, name: &str, cache: usize) -> Connector {
         Connector::builder()
@@ -42,14 +43,7 @@ mod sim {
         let source = vec![7u8; 4096];
         let mut landing = vec![0u8; 4096];
         {
-            let mut writable = a
-                .create_writable([Descriptor::from_mut_slice(&mut landing)])
-                .await
-                .expect("writable");
-            let mut write = b
-                .begin_write([Descriptor::from_slice(&source)], writable.metadata())
-                .await
-                .expect("begin");
+            let (mut writable, mut write) = write_pair(&b, &a, &source, &mut landing).await;
             write
                 .wait_for_completion()
                 .await
@@ -190,14 +184,7 @@ mod sim {
         );
         let (x, mut y) = (vec![1u8; 64], vec![0u8; 64]);
         {
-            let mut readable = a
-                .create_readable([Descriptor::from_slice(&x)])
-                .await
-                .expect("readable");
-            let mut read = b
-                .begin_read(readable.metadata(), [Descriptor::from_mut_slice(&mut y)])
-                .await
-                .expect("begin");
+            let (mut readable, mut read) = read_pair(&a, &b, &x, &mut y).await;
             read.wait_for_completion_timeout(Duration::from_secs(3600))
                 .await
                 .expect("read");
@@ -225,14 +212,7 @@ mod sim {
         let c = connector(&world, "c", 0).await;
         let x = vec![9u8; 64];
         let (mut y, mut z) = (vec![0u8; 64], vec![0u8; 64]);
-        let mut readable = a
-            .create_readable([Descriptor::from_slice(&x)])
-            .await
-            .expect("readable");
-        let mut read_b = b
-            .begin_read(readable.metadata(), [Descriptor::from_mut_slice(&mut y)])
-            .await
-            .expect("begin");
+        let (mut readable, mut read_b) = read_pair(&a, &b, &x, &mut y).await;
         // Let B's request be served (B becomes the peer), then crash B before the reply lands.
         while world.now() < Duration::from_micros(1500) {
             tokio::task::yield_now().await;
@@ -276,14 +256,7 @@ mod sim {
                 connector(&world, "b", 0).await,
             );
             let (x, mut y) = (vec![1u8; 64], vec![0u8; 64]);
-            let mut readable = a
-                .create_readable([Descriptor::from_slice(&x)])
-                .await
-                .expect("readable");
-            let mut read = b
-                .begin_read(readable.metadata(), [Descriptor::from_mut_slice(&mut y)])
-                .await
-                .expect("begin");
+            let (mut readable, mut read) = read_pair(&a, &b, &x, &mut y).await;
             let outcome =
                 tokio::time::timeout(Duration::from_secs(10), read.wait_for_completion()).await;
             let _ = readable.status();
@@ -361,14 +334,7 @@ mod sim {
         let source = vec![7u8; 64];
         let mut landing = vec![0u8; 64];
         let outcome = {
-            let mut writable = a
-                .create_writable([Descriptor::from_mut_slice(&mut landing)])
-                .await
-                .expect("writable");
-            let mut write = b
-                .begin_write([Descriptor::from_slice(&source)], writable.metadata())
-                .await
-                .expect("begin");
+            let (mut writable, mut write) = write_pair(&b, &a, &source, &mut landing).await;
             write.wait_for_completion().await.expect("write");
             drop((write, b));
             writable.wait_for_completion().await

@@ -8,7 +8,7 @@ mod sim {
 
     use ferry::sim::{LinkConfig, SimWorld};
     use ferry::{Descriptor, Error, OperationStatus};
-    use ferry_conformance::rules::{pattern, read_cycle, write_cycle};
+    use ferry_conformance::rules::{pattern, read_cycle, read_pair, write_cycle};
     use ferry_conformance::sim::SimHarness;
     use ferry_conformance::{Harness, NotifyFault, Options};
 
@@ -241,17 +241,7 @@ mod sim {
         let source = pattern(64, 4);
         let mut landing = vec![0u8; 64];
         {
-            let mut readable = a
-                .create_readable([Descriptor::from_slice(&source)])
-                .await
-                .expect("readable");
-            let mut read = b
-                .begin_read(
-                    readable.metadata(),
-                    [Descriptor::from_mut_slice(&mut landing)],
-                )
-                .await
-                .expect("begin");
+            let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
             assert_eq!(
                 read.wait_for_completion_timeout(Duration::from_secs(1))
                     .await,
@@ -338,17 +328,7 @@ mod sim {
         let b = h.connector(Options::named("b")).await;
         let source = pattern(4096, 9);
         let mut landing = vec![0u8; 4096];
-        let mut readable = a
-            .create_readable([Descriptor::from_slice(&source)])
-            .await
-            .expect("readable");
-        let mut read = b
-            .begin_read(
-                readable.metadata(),
-                [Descriptor::from_mut_slice(&mut landing)],
-            )
-            .await
-            .expect("begin");
+        let (mut readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
         read.wait_for_completion().await.expect("read");
         drop((read, b));
         readable
