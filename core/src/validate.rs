@@ -3,7 +3,7 @@
 use crate::backend::Capabilities;
 use crate::descriptor::Region;
 use crate::error::{Error, Side};
-use crate::metadata::RdmaMetadata;
+use crate::metadata::{EndpointBlob, RdmaMetadata};
 use crate::status::OperationKind;
 
 /// Checks the descriptors of a new passive operation (`create_readable` / `create_writable`).
@@ -31,13 +31,15 @@ pub fn validate_passive(
 /// The checks run in this order, so that the first error is the most fundamental one: empty
 /// lists, operation kind, backend, device kinds (mixed, then unsupported), counts, sizes, and
 /// finally whether the local memory may be written where the operation writes into it.
+///
+/// Returns the decoded endpoint blob, so the caller connects without decoding it again.
 pub fn validate_active(
     kind: OperationKind,
     capabilities: &Capabilities,
     local: &[Region],
     local_writable: &[bool],
     remote: &RdmaMetadata,
-) -> Result<(), Error> {
+) -> Result<EndpointBlob, Error> {
     if local.is_empty() {
         return Err(Error::EmptyDescriptors { side: Side::Local });
     }
@@ -78,7 +80,7 @@ pub fn validate_active(
     if kind == OperationKind::Read {
         check_writable(local_writable)?;
     }
-    Ok(())
+    Ok(blob)
 }
 
 fn check_mixed(regions: &[Region], side: Side) -> Result<(), Error> {

@@ -293,8 +293,8 @@ impl Connector {
     ) -> Result<OpCore<'buf>, Error> {
         let backend = &self.inner.backend;
         let (regions, writable) = summarise(&descriptors);
-        validate_active(kind, backend.capabilities(), &regions, &writable, metadata)?;
-        let endpoint = metadata.endpoint()?;
+        let endpoint =
+            validate_active(kind, backend.capabilities(), &regions, &writable, metadata)?;
         let peer = backend.connect(&endpoint).await?;
         let leases = self.inner.register_for_op(&regions)?;
         let mut core = OpCore::new(self.inner.clone(), Role::Active, kind, descriptors, leases);
