@@ -44,6 +44,7 @@ impl SimBackend {
                 passive_observes_peer_loss: true,
                 enforces_revocation: true,
                 cross_host: false,
+                progress_needs_polling: false,
             },
             peers: Mutex::new(BTreeMap::new()),
         })

@@ -20,6 +20,8 @@ use ferry::Connector;
 pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 
 /// Why a backend does not run a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]

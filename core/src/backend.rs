@@ -44,6 +44,11 @@ pub struct Capabilities {
     pub enforces_revocation: bool,
     /// Whether two Connectors on different hosts can pair.
     pub cross_host: bool,
+    /// Whether operations move bytes only while their owners poll them (await
+    /// `wait_for_completion` or call `status`), on both sides. True for tcp, whose safe code
+    /// cannot lend borrowed memory to a background task; false where hardware, or a copy made
+    /// when posting, moves the bytes on its own.
+    pub progress_needs_polling: bool,
 }
 
 impl Capabilities {

@@ -25,6 +25,13 @@ impl NotificationKey {
         NotificationKey(bytes)
     }
 
+    /// A key from its 16 bytes as they travel on a wire; `None` unless they are a UUIDv4
+    /// (version and variant bits as [`NotificationKey::from_random_bytes`] sets them).
+    pub fn from_bytes(bytes: [u8; 16]) -> Option<Self> {
+        let stamped = NotificationKey::from_random_bytes(bytes);
+        (stamped.0 == bytes).then_some(stamped)
+    }
+
     /// The 16 bytes of the UUID.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0

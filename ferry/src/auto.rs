@@ -66,7 +66,7 @@ pub fn probe() -> Probe {
 
 /// Whether this build contains the backend (each transport backend adds its feature here).
 fn built(name: &str) -> bool {
-    name == "sim" && cfg!(feature = "sim")
+    (name == "sim" && cfg!(feature = "sim")) || (name == "tcp" && cfg!(feature = "tcp"))
 }
 
 fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
@@ -111,7 +111,7 @@ fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
 }
 
 /// The backend `Connector::auto()` and a builder without a backend use.
-pub(crate) fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn Backend>, Error> {
+pub(crate) async fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn Backend>, Error> {
     let (name, reason) = choose(&probe().backends)?;
     if name == "sim" {
         tracing::warn!(%reason, "ferry is using the sim backend");
@@ -124,6 +124,11 @@ pub(crate) fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn Backend
             let world = crate::sim::default_world();
             let name = worker_id.unwrap_or("worker");
             Ok(Arc::new(ferry_backend_sim::SimBackend::new(&world, name)?))
+        }
+        #[cfg(feature = "tcp")]
+        "tcp" => {
+            let config = ferry_backend_tcp::TcpConfig::from_env()?;
+            Ok(Arc::new(ferry_backend_tcp::TcpBackend::bind(config).await?))
         }
         other => {
             let _ = worker_id;

@@ -120,7 +120,7 @@ impl ConnectorBuilder {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let backend = match self.backend {
             Some(backend) => backend,
-            None => crate::auto::default_backend(self.worker_id.as_deref())?,
+            None => crate::auto::default_backend(self.worker_id.as_deref()).await?,
         };
         let worker_id = self.worker_id.unwrap_or_else(|| {
             format!(

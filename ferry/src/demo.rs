@@ -110,8 +110,8 @@ pub async fn run_between(
                 let mut op = a
                     .begin_write(source.chunks(chunk).map(Descriptor::from_slice), &metadata)
                     .await?;
-                op.wait_for_completion().await?;
-                writable.wait_for_completion().await?;
+                // Both sides are awaited at once, as two workers would.
+                tokio::try_join!(op.wait_for_completion(), writable.wait_for_completion())?;
             } else {
                 // a exposes a readable; b reads it.
                 let mut readable = a
@@ -124,8 +124,7 @@ pub async fn run_between(
                         landing.chunks_mut(chunk).map(Descriptor::from_mut_slice),
                     )
                     .await?;
-                op.wait_for_completion().await?;
-                readable.wait_for_completion().await?;
+                tokio::try_join!(op.wait_for_completion(), readable.wait_for_completion())?;
             }
             cycles.push(cycle.elapsed());
             verified &= landing == source;

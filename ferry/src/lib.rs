@@ -34,8 +34,8 @@
 //! let mut landing = vec![0u8; 1 << 20];
 //! let metadata = RdmaMetadata::from_json(&json)?;
 //! let mut read = decode.begin_read(&metadata, [Descriptor::from_mut_slice(&mut landing)]).await?;
-//! read.wait_for_completion().await?;
-//! readable.wait_for_completion().await?;
+//! // Both workers await their own operation; in one process, await both at once.
+//! tokio::try_join!(read.wait_for_completion(), readable.wait_for_completion())?;
 //! drop(read);
 //! assert_eq!(landing, kv);
 //! # Ok(()) }
@@ -82,6 +82,12 @@ pub mod sim {
             })
             .clone()
     }
+}
+
+/// The TCP backend.
+#[cfg(feature = "tcp")]
+pub mod tcp {
+    pub use ferry_backend_tcp::*;
 }
 
 #[cfg(doctest)]

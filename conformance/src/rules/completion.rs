@@ -51,9 +51,13 @@ pub async fn completion_notification_follows_data<H: Harness>(h: H) -> Outcome {
                 .begin_write([Descriptor::from_slice(&source)], &metadata)
                 .await
                 .expect("begin");
-            writable.wait_for_completion().await.expect("writable");
+            // The writable is awaited alongside the write (tcp moves bytes inside both
+            // owners' polls); once it reports Complete it is never polled again, so every
+            // byte checked below was in place when it completed.
+            let (done_write, done_writable) = both(&mut write, &mut writable).await;
+            done_writable.expect("writable");
             drop(writable);
-            write.wait_for_completion().await.expect("write");
+            done_write.expect("write");
         }
         assert!(
             landing == source,
@@ -81,12 +85,12 @@ pub async fn completion_first_notification_wins<H: Harness>(h: H) -> Outcome {
     let second = b
         .begin_read(&metadata, [Descriptor::from_mut_slice(&mut second_landing)])
         .await;
-    let first = active_outcome(first).await;
-    let second = active_outcome(second).await;
-    readable
-        .wait_for_completion()
-        .await
-        .expect("readable completes");
+    let (first, second, served) = tokio::join!(
+        active_outcome(first),
+        active_outcome(second),
+        readable.wait_for_completion()
+    );
+    served.expect("readable completes");
     assert!(first.is_ok() || second.is_ok(), "{first:?} {second:?}");
     for outcome in [&first, &second] {
         assert!(
@@ -121,7 +125,9 @@ pub async fn completion_key_consumed_on_arrival<H: Harness>(h: H) -> Outcome {
         .begin_read(&metadata, [Descriptor::from_mut_slice(&mut first)])
         .await
         .expect("begin");
-    read.wait_for_completion().await.expect("first read");
+    while_serving(&mut readable, read.wait_for_completion())
+        .await
+        .expect("first read");
     drop(read);
     let mut second = vec![0u8; 4096];
     let outcome = active_outcome(
@@ -161,12 +167,14 @@ pub async fn completion_no_accumulation<H: Harness>(h: H) -> Outcome {
                 )
                 .await
                 .expect("begin");
-            read.wait_for_completion().await.expect("read");
-            readable.wait_for_completion().await.expect("readable");
+            let (done_read, done_readable) = both(&mut read, &mut readable).await;
+            done_read.expect("read");
+            done_readable.expect("readable");
         } else {
             let (mut writable, mut write) = write_pair(&b, &a, &source, &mut landing).await;
-            write.wait_for_completion().await.expect("write");
-            writable.wait_for_completion().await.expect("writable");
+            let (done_write, done_writable) = both(&mut write, &mut writable).await;
+            done_write.expect("write");
+            done_writable.expect("writable");
         }
     }
     let stats = (a.stats(), b.stats());
@@ -199,12 +207,22 @@ pub async fn completion_wakes_without_polling<H: Harness>(h: H) -> Outcome {
         )
         .await
         .expect("begin");
-    let (result, polls) = CountPolls::new(readable.wait_for_completion()).await;
+    let ((result, passive_polls), (outcome, active_polls)) = tokio::join!(
+        CountPolls::new(readable.wait_for_completion()),
+        CountPolls::new(read.wait_for_completion())
+    );
     result.expect("readable");
-    assert!(polls <= 16, "the readable's wait was polled {polls} times");
-    let (result, polls) = CountPolls::new(read.wait_for_completion()).await;
-    result.expect("read");
-    assert!(polls <= 16, "the read's wait was polled {polls} times");
+    outcome.expect("read");
+    // Woken by events, not a timer: a handful of wake-ups per transfer (a stream transport
+    // wakes once per burst of arriving bytes), never hundreds.
+    assert!(
+        passive_polls <= 64,
+        "the readable's wait was polled {passive_polls} times"
+    );
+    assert!(
+        active_polls <= 64,
+        "the read's wait was polled {active_polls} times"
+    );
     Ok(())
 }
 

@@ -41,17 +41,24 @@ pub async fn concurrency_64_in_flight<H: Harness>(h: H) -> Outcome {
             passives_w.push(writable);
             actives_w.push(write);
         }
-        for op in actives_r.iter_mut().rev() {
-            op.wait_for_completion().await.expect("read");
-        }
-        for op in actives_w.iter_mut() {
-            op.wait_for_completion().await.expect("write");
-        }
-        for op in passives_r.iter_mut() {
-            op.wait_for_completion().await.expect("readable");
-        }
-        for op in passives_w.iter_mut().rev() {
-            op.wait_for_completion().await.expect("writable");
+        actives_r.reverse();
+        passives_w.reverse();
+        let (reads, writes, readables, writables) = tokio::join!(
+            wait_all(&mut actives_r),
+            wait_all(&mut actives_w),
+            wait_all(&mut passives_r),
+            wait_all(&mut passives_w)
+        );
+        for (outcomes, what) in [
+            (reads, "read"),
+            (writes, "write"),
+            (readables, "readable"),
+            (writables, "writable"),
+        ] {
+            assert_eq!(outcomes.len(), 32);
+            for outcome in outcomes {
+                outcome.unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
         }
     }
     assert!(

@@ -31,7 +31,9 @@ pub async fn deadlines_wait_timeout_leaves_operation_live<H: Harness>(h: H) -> O
         )
         .await
         .expect("begin");
-    read.wait_for_completion().await.expect("read");
+    while_serving(&mut readable, read.wait_for_completion())
+        .await
+        .expect("read");
     readable
         .wait_for_completion_timeout(Duration::from_secs(10))
         .await

@@ -1,5 +1,7 @@
 //! The rules, one function each, grouped by SPEC §11's families.
 
+use std::future::Future as _;
+
 use ferry::{
     Connector, Descriptor, Error, Operation, RdmaMetadata, ReadOperation, ReadableOperation,
     WritableOperation, WriteOperation,
@@ -52,8 +54,9 @@ pub async fn read_cycle(
                 landings.iter_mut().map(|l| Descriptor::from_mut_slice(l)),
             )
             .await?;
-        read.wait_for_completion().await?;
-        readable.wait_for_completion().await?;
+        let (done_read, done_readable) = both(&mut read, &mut readable).await;
+        done_read?;
+        done_readable?;
     }
     assert!(
         landings == sources,
@@ -84,8 +87,9 @@ pub async fn write_cycle(
         let mut write = a
             .begin_write(sources.iter().map(|s| Descriptor::from_slice(s)), &metadata)
             .await?;
-        write.wait_for_completion().await?;
-        writable.wait_for_completion().await?;
+        let (done_write, done_writable) = both(&mut write, &mut writable).await;
+        done_write?;
+        done_writable?;
     }
     assert!(
         landings == sources,
@@ -128,6 +132,62 @@ pub async fn write_pair<'s, 'l>(
         .await
         .expect("begin write");
     (writable, write)
+}
+
+/// Waits for two operations at once (an active one and its passive peer), as two workers
+/// would: on backends whose passive side moves bytes inside its owner's polls (tcp), awaiting
+/// one before the other would wait forever.
+pub async fn both<K1, K2>(
+    first: &mut Operation<'_, K1>,
+    second: &mut Operation<'_, K2>,
+) -> (Result<(), Error>, Result<(), Error>) {
+    tokio::join!(first.wait_for_completion(), second.wait_for_completion())
+}
+
+/// Runs `work` (typically an active operation's wait) while also polling `passive`'s wait, and
+/// stops polling `passive` once `work` is done: the passive side is served as a worker awaiting
+/// it would serve it, and is not looked at afterwards.
+pub async fn while_serving<K, F: std::future::Future>(
+    passive: &mut Operation<'_, K>,
+    work: F,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut serve = std::pin::pin!(passive.wait_for_completion());
+    let mut served = false;
+    std::future::poll_fn(|cx| {
+        if !served && serve.as_mut().poll(cx).is_ready() {
+            served = true;
+        }
+        work.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Waits for every operation of a list at once.
+pub async fn wait_all<K>(ops: &mut [Operation<'_, K>]) -> Vec<Result<(), Error>> {
+    let mut waits: Vec<_> = ops
+        .iter_mut()
+        .map(|op| Box::pin(op.wait_for_completion()))
+        .collect();
+    let mut outcomes: Vec<Option<Result<(), Error>>> = vec![None; waits.len()];
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (wait, outcome) in waits.iter_mut().zip(outcomes.iter_mut()) {
+            if outcome.is_none() {
+                match wait.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => *outcome = Some(r),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outcomes.into_iter().flatten().collect()
 }
 
 /// The outcome of an active operation whether the backend refuses at `begin_*` or on wait

@@ -141,8 +141,9 @@ pub async fn pairing_shared_memory_sources<H: Harness>(h: H) -> Outcome {
             .begin_read(&metadata, [Descriptor::from_mut_slice(&mut landing)])
             .await
             .expect("begin");
-        read.wait_for_completion().await.expect("read");
-        readable.wait_for_completion().await.expect("readable");
+        let (done_read, done_readable) = both(&mut read, readable).await;
+        done_read.expect("read");
+        done_readable.expect("readable");
         drop(read);
         assert_eq!(landing, source);
     }
@@ -164,8 +165,9 @@ pub async fn pairing_through_json<H: Harness>(h: H) -> Outcome {
         .begin_write([Descriptor::from_slice(&source)], &metadata)
         .await
         .expect("begin");
-    write.wait_for_completion().await.expect("write");
-    writable.wait_for_completion().await.expect("writable");
+    let (done_write, done_writable) = both(&mut write, &mut writable).await;
+    done_write.expect("write");
+    done_writable.expect("writable");
     drop(writable);
     assert_eq!(landing, source);
     Ok(())

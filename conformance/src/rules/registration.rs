@@ -43,8 +43,9 @@ pub async fn registration_pinned_pool_is_reused<H: Harness>(h: H) -> Outcome {
             )
             .await
             .expect("begin");
-        read.wait_for_completion().await.expect("read");
-        readable.wait_for_completion().await.expect("readable");
+        let (done_read, done_readable) = both(&mut read, &mut readable).await;
+        done_read.expect("read");
+        done_readable.expect("readable");
         drop(read);
         assert_eq!(landing, chunk);
     }
@@ -88,8 +89,9 @@ pub async fn registration_cache_hits_and_bounds<H: Harness>(h: H) -> Outcome {
             )
             .await
             .expect("begin");
-        read.wait_for_completion().await.expect("read");
-        readable.wait_for_completion().await.expect("readable");
+        let (done_read, done_readable) = both(&mut read, &mut readable).await;
+        done_read.expect("read");
+        done_readable.expect("readable");
     }
     let stats = a.stats();
     assert_eq!(stats.cache.misses, 1, "{stats:?}");

@@ -181,8 +181,9 @@ pub async fn validation_size_mismatch_write_moves_nothing<H: Harness>(h: H) -> O
             .begin_write([Descriptor::from_slice(&good)], writable.metadata())
             .await
             .expect("begin");
-        write.wait_for_completion().await.expect("write");
-        writable.wait_for_completion().await.expect("writable");
+        let (done_write, done_writable) = both(&mut write, &mut writable).await;
+        done_write.expect("write");
+        done_writable.expect("writable");
     }
     assert_eq!(target, vec![2u8; 64]);
     Ok(())
@@ -266,8 +267,9 @@ pub async fn validation_stale_after_complete<H: Harness>(h: H) -> Outcome {
         .begin_read(&metadata, [Descriptor::from_mut_slice(&mut landing)])
         .await
         .expect("begin");
-    read.wait_for_completion().await.expect("first read");
-    readable.wait_for_completion().await.expect("readable");
+    let (done_read, done_readable) = both(&mut read, &mut readable).await;
+    done_read.expect("first read");
+    done_readable.expect("readable");
     drop(read);
     let mut again = vec![0u8; 128];
     let outcome = active_outcome(
@@ -398,8 +400,9 @@ pub async fn validation_refusal_loses_nothing<H: Harness>(h: H) -> Outcome {
         .begin_read(&metadata, [Descriptor::from_mut_slice(&mut landing)])
         .await
         .expect("begin");
-    read.wait_for_completion().await.expect("read");
-    readable.wait_for_completion().await.expect("readable");
+    let (done_read, done_readable) = both(&mut read, &mut readable).await;
+    done_read.expect("read");
+    done_readable.expect("readable");
     drop(read);
     assert_eq!(landing, source);
     Ok(())

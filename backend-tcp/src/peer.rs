@@ -1,0 +1,561 @@
+//! The active side: a pool of connections per peer, and the transfer that pulls from a
+//! readable or pushes into a writable.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
+
+use ferry_core::state::Event;
+use ferry_core::{
+    BoxFuture, Descriptor, Error, NotificationKey, OperationKind, RdmaMetadata, Side,
+};
+
+use crate::conn::{Conn, ReadError, Received, Receiver, Seg, Sender};
+use crate::server::Server;
+use crate::wire::{self, ErrorCode, FrameType, Header, Request, WireRange};
+
+/// A remote Connector, by identity, with its idle connections.
+pub(crate) struct RemotePeer {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Conn>>,
+    server: Arc<Server>,
+}
+
+impl RemotePeer {
+    pub(crate) fn new(addr: SocketAddr, server: Arc<Server>) -> Self {
+        RemotePeer {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            server,
+        }
+    }
+
+    /// Idle connections held.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    async fn checkout(&self) -> Result<Conn, Error> {
+        loop {
+            let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match conn {
+                Some(mut conn) => {
+                    if conn.is_idle_and_open() {
+                        return Ok(conn);
+                    }
+                }
+                None => break,
+            }
+        }
+        if self.server.registry.is_closed() {
+            return Err(Error::PeerLost {
+                reason: "this Connector was aborted".into(),
+            });
+        }
+        Conn::dial(
+            &self.server.registry,
+            self.addr,
+            self.server.config.connect_timeout,
+        )
+        .await
+        .map_err(|e| Error::PeerLost {
+            reason: format!("cannot reach the peer at {}: {e}", self.addr),
+        })
+    }
+
+    fn checkin(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.server.config.max_idle_per_peer {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Splits a stream of descriptors of `lens` into `parts` contiguous pieces of nearly equal
+/// size. Zero-length descriptors travel with the first piece so the peer still checks them.
+pub(crate) fn split(lens: &[usize], parts: usize) -> Vec<Vec<Seg>> {
+    let total: usize = lens.iter().sum();
+    let parts = parts.clamp(1, total.max(1));
+    let share = total.div_ceil(parts).max(1);
+    let mut out: Vec<Vec<Seg>> = vec![Vec::new()];
+    let mut room = share;
+    for (index, &len) in lens.iter().enumerate() {
+        if len == 0 {
+            out[0].push(Seg {
+                index,
+                offset: 0,
+                len: 0,
+            });
+            continue;
+        }
+        let mut offset = 0;
+        while offset < len {
+            if room == 0 {
+                out.push(Vec::new());
+                room = share;
+            }
+            let take = (len - offset).min(room);
+            out.last_mut().expect("out starts with one part").push(Seg {
+                index,
+                offset,
+                len: take,
+            });
+            offset += take;
+            room -= take;
+        }
+    }
+    out
+}
+
+fn request(key: NotificationKey, segs: &[Seg]) -> Request {
+    Request {
+        key,
+        ranges: segs
+            .iter()
+            .map(|s| WireRange {
+                index: s.index as u32,
+                offset: s.offset as u64,
+                len: s.len as u64,
+            })
+            .collect(),
+    }
+}
+
+/// The handle the Connector caches for a peer.
+pub(crate) struct PeerHandle(pub(crate) Arc<RemotePeer>);
+
+impl ferry_core::Peer for PeerHandle {
+    fn post<'a>(
+        &'a self,
+        kind: OperationKind,
+        remote: &'a RdmaMetadata,
+        local: &'a mut [Descriptor<'_>],
+        _deadline: Option<std::time::Duration>,
+    ) -> BoxFuture<'a, Result<Box<dyn ferry_core::Transfer>, Error>> {
+        Box::pin(async move {
+            let peer = self.0.clone();
+            let config = &peer.server.config;
+            let lens: Vec<usize> = local.iter().map(Descriptor::len).collect();
+            let total: usize = lens.iter().sum();
+            let parts = if config.parallel_connections > 1 && total >= config.parallel_threshold {
+                config.parallel_connections
+            } else {
+                1
+            };
+            let key = remote.notification_key;
+            let mut built = Vec::new();
+            for segs in split(&lens, parts) {
+                let conn = peer.checkout().await?;
+                built.push((conn, segs));
+            }
+            let mut parts = Vec::with_capacity(built.len());
+            for (mut conn, segs) in built {
+                let part = match kind {
+                    OperationKind::Read => {
+                        let frame = wire::request_frame(FrameType::Read, &request(key, &segs));
+                        conn.write_all(&frame).await.map_err(|e| Error::PeerLost {
+                            reason: format!("sending the request failed: {e}"),
+                        })?;
+                        Part::reading(conn, Receiver::new(segs))
+                    }
+                    OperationKind::Write => {
+                        let prefix = wire::request_frame(FrameType::Write, &request(key, &segs));
+                        let mut sender = Sender::new(segs, config.frame_size, prefix, Vec::new());
+                        // Posting is eager: push what the socket takes now, without waiting.
+                        let mut cx = Context::from_waker(Waker::noop());
+                        if let Poll::Ready(Err(e)) = sender.poll_send(&mut cx, &mut conn, local) {
+                            return Err(Error::PeerLost {
+                                reason: format!("sending the request failed: {e}"),
+                            });
+                        }
+                        Part::writing(conn, sender)
+                    }
+                };
+                parts.push(part);
+            }
+            peer.server.live_transfers.fetch_add(1, Ordering::Relaxed);
+            let transfer: Box<dyn ferry_core::Transfer> = Box::new(ActiveTransfer {
+                peer,
+                key,
+                parts,
+                notify: None,
+                ended: false,
+            });
+            Ok(transfer)
+        })
+    }
+}
+
+/// Reads one control frame (header, then a body of at most 1 KiB) across polls.
+#[derive(Default)]
+struct FrameRead {
+    header: Option<Header>,
+    body: Vec<u8>,
+    filled: usize,
+}
+
+impl FrameRead {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn,
+    ) -> Poll<Result<(FrameType, Vec<u8>), ReadError>> {
+        let header = match self.header {
+            Some(header) => header,
+            None => {
+                let header = ready!(conn.poll_header(cx))?;
+                if header.len > wire::MAX_CONTROL_BODY {
+                    return Poll::Ready(Err(ReadError::Wire(wire::WireError::Malformed(
+                        "a reply longer than a control frame",
+                    ))));
+                }
+                self.header = Some(header);
+                self.body = vec![0; header.len];
+                self.filled = 0;
+                header
+            }
+        };
+        while self.filled < header.len {
+            let n = ready!(conn.poll_read_into(cx, &mut self.body[self.filled..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(ReadError::Closed { mid_frame: true }));
+            }
+            self.filled += n;
+        }
+        self.header = None;
+        Poll::Ready(Ok((header.frame, std::mem::take(&mut self.body))))
+    }
+}
+
+enum Stage {
+    Receiving(Receiver),
+    Sending(Sender),
+    Reply,
+    Done,
+}
+
+/// One connection's share of an active transfer.
+struct Part {
+    conn: Option<Conn>,
+    stage: Stage,
+    /// A refusal seen while still sending; reported once the frame in flight is finished.
+    refused: Option<Error>,
+    reply: FrameRead,
+}
+
+impl Part {
+    fn reading(conn: Conn, receiver: Receiver) -> Self {
+        Part {
+            conn: Some(conn),
+            stage: Stage::Receiving(receiver),
+            refused: None,
+            reply: FrameRead::default(),
+        }
+    }
+
+    fn writing(conn: Conn, sender: Sender) -> Self {
+        Part {
+            conn: Some(conn),
+            stage: Stage::Sending(sender),
+            refused: None,
+            reply: FrameRead::default(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// Drives this part to its final reply (`DONE` for a read, `ACK` for a write).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        local: &mut [Descriptor<'_>],
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(Err(lost("the connection is gone")));
+            };
+            match &mut self.stage {
+                Stage::Receiving(receiver) => {
+                    match ready!(receiver.poll_receive(cx, conn, local)) {
+                        Ok(Received::All) => self.stage = Stage::Reply,
+                        Ok(Received::Frame(header)) => {
+                            self.reply.header = Some(header);
+                            self.reply.body = vec![0; header.len.min(wire::MAX_CONTROL_BODY)];
+                            if header.len > wire::MAX_CONTROL_BODY {
+                                return Poll::Ready(Err(protocol("an oversized reply")));
+                            }
+                            self.stage = Stage::Reply;
+                        }
+                        Err(e) => return Poll::Ready(Err(read_failure(e))),
+                    }
+                }
+                Stage::Sending(sender) => {
+                    // A refusal can arrive while we still send: look for it without waiting.
+                    if self.refused.is_none() {
+                        if let Poll::Ready(reply) = self.reply.poll(cx, conn) {
+                            match reply {
+                                Ok((FrameType::Error, body)) => {
+                                    sender.stop_after_frame();
+                                    self.refused = Some(reply_error(&body));
+                                }
+                                Ok((other, _)) => {
+                                    return Poll::Ready(Err(protocol(&format!(
+                                        "{other:?} while the request was still being sent"
+                                    ))))
+                                }
+                                Err(e) => return Poll::Ready(Err(read_failure(e))),
+                            }
+                        }
+                    }
+                    if let Err(e) = ready!(sender.poll_send(cx, conn, local)) {
+                        return Poll::Ready(Err(lost(&format!("sending failed: {e}"))));
+                    }
+                    if let Some(refused) = self.refused.take() {
+                        self.stage = Stage::Done;
+                        return Poll::Ready(Err(refused));
+                    }
+                    self.stage = Stage::Reply;
+                }
+                Stage::Reply => {
+                    let (frame, body) = match ready!(self.reply.poll(cx, conn)) {
+                        Ok(reply) => reply,
+                        Err(e) => return Poll::Ready(Err(read_failure(e))),
+                    };
+                    self.stage = Stage::Done;
+                    return Poll::Ready(match frame {
+                        FrameType::Done | FrameType::Ack => Ok(()),
+                        FrameType::Error => Err(reply_error(&body)),
+                        other => Err(protocol(&format!("unexpected {other:?} reply"))),
+                    });
+                }
+                Stage::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    /// Lets go of this part without touching the operation's memory again. A background task
+    /// brings the connection back into frame (padding a `DATA` frame in flight with zeros, or
+    /// draining what the peer still sends), sends `message` if given (the cancel
+    /// notification), waits for the final reply and returns the connection to the pool.
+    fn abandon(mut self, peer: &Arc<RemotePeer>, message: Option<Vec<u8>>) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let message = message.unwrap_or_default();
+        let (pad_header, pad_zeros, discard, expect_reply) = match &self.stage {
+            Stage::Receiving(receiver) => (Vec::new(), 0, receiver.frame_left(), true),
+            Stage::Sending(sender) if !sender.prefix_sent() => {
+                if sender.prefix_sent_any() {
+                    // Part of a request is out: the stream cannot be brought back into frame.
+                    return;
+                }
+                (Vec::new(), 0, 0, false)
+            }
+            Stage::Sending(sender) => {
+                let (header, zeros) = sender.padding();
+                (header, zeros, 0, self.refused.is_none())
+            }
+            Stage::Reply => (Vec::new(), 0, 0, true),
+            Stage::Done => (Vec::new(), 0, 0, false),
+        };
+        let mut reply = std::mem::take(&mut self.reply);
+        let peer = peer.clone();
+        let timeout = peer.server.config.frame_timeout;
+        peer.server.runtime.clone().spawn(async move {
+            let drain = async {
+                conn.write_all(&pad_header).await.ok()?;
+                conn.write_zeros(pad_zeros).await.ok()?;
+                conn.write_all(&message).await.ok()?;
+                conn.discard(discard).await.ok()?;
+                loop {
+                    if !expect_reply {
+                        break;
+                    }
+                    if reply.header.is_none() {
+                        let header = conn.read_header().await.ok()?;
+                        if header.frame == FrameType::Data {
+                            conn.discard(header.len).await.ok()?;
+                            continue;
+                        }
+                        if header.len > wire::MAX_CONTROL_BODY {
+                            return None;
+                        }
+                        reply.header = Some(header);
+                        reply.body = vec![0; header.len];
+                        reply.filled = 0;
+                    }
+                    let (frame, _) = std::future::poll_fn(|cx| reply.poll(cx, &mut conn))
+                        .await
+                        .ok()?;
+                    if matches!(frame, FrameType::Done | FrameType::Ack | FrameType::Error) {
+                        break;
+                    }
+                    return None;
+                }
+                Some(conn)
+            };
+            if let Ok(Some(conn)) = tokio::time::timeout(timeout, drain).await {
+                peer.checkin(conn);
+            }
+        });
+    }
+}
+
+/// The moving part of a read or write on tcp.
+struct ActiveTransfer {
+    peer: Arc<RemotePeer>,
+    key: NotificationKey,
+    parts: Vec<Part>,
+    notify: Option<Sender>,
+    ended: bool,
+}
+
+impl ActiveTransfer {
+    fn fail(&mut self, error: Error) -> Event {
+        self.ended = true;
+        for mut part in self.parts.drain(..) {
+            if part.is_done() {
+                if let Some(conn) = part.conn.take() {
+                    self.peer.checkin(conn);
+                }
+            } else if matches!(error, Error::PeerLost { .. }) {
+                drop(part);
+            } else {
+                part.abandon(&self.peer, None);
+            }
+        }
+        Event::Failed(error)
+    }
+}
+
+impl ferry_core::Transfer for ActiveTransfer {
+    fn poll_event(&mut self, cx: &mut Context<'_>, local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        if self.ended {
+            return Poll::Pending;
+        }
+        if self.notify.is_none() {
+            let mut all_done = true;
+            for i in 0..self.parts.len() {
+                if self.parts[i].is_done() {
+                    continue;
+                }
+                match self.parts[i].poll(cx, local) {
+                    Poll::Pending => all_done = false,
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(self.fail(e)),
+                }
+            }
+            if !all_done {
+                return Poll::Pending;
+            }
+            let message = wire::notify_frame(&self.key.completion_message());
+            self.notify = Some(Sender::new(Vec::new(), 1, message, Vec::new()));
+        }
+        let (Some(notify), Some(conn)) = (
+            self.notify.as_mut(),
+            self.parts.first_mut().and_then(|p| p.conn.as_mut()),
+        ) else {
+            return Poll::Ready(self.fail(lost("the connection is gone")));
+        };
+        match ready!(notify.poll_send(cx, conn, local)) {
+            Ok(()) => {
+                self.ended = true;
+                for part in self.parts.drain(..) {
+                    if let Some(conn) = part.conn {
+                        self.peer.checkin(conn);
+                    }
+                }
+                Poll::Ready(Event::Completed)
+            }
+            Err(e) => Poll::Ready(self.fail(lost(&format!("sending the notification: {e}")))),
+        }
+    }
+
+    fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
+        self.ended = true;
+        if let Some(notify) = self.notify.take() {
+            if notify.prefix_sent_any() {
+                // The completion notification is partly out: the peer will complete, so this
+                // side completes too (every byte has landed), and the rest goes out behind.
+                let rest = notify.prefix_rest();
+                let mut parts = self.parts.drain(..);
+                if let Some(mut first) = parts.next() {
+                    first.stage = Stage::Done;
+                    first.abandon(&self.peer, Some(rest));
+                }
+                for part in parts {
+                    part.abandon(&self.peer, None);
+                }
+                return Some(Event::Completed);
+            }
+        }
+        let cancel = wire::notify_frame(&self.key.cancel_message());
+        for (i, part) in self.parts.drain(..).enumerate() {
+            part.abandon(&self.peer, (i == 0).then(|| cancel.clone()));
+        }
+        None
+    }
+}
+
+impl Drop for ActiveTransfer {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = ferry_core::Transfer::cancel(self, &mut []);
+        }
+        self.peer
+            .server
+            .live_transfers
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Code for a peer that broke the protocol.
+pub const PROTOCOL_VIOLATION: i64 = -2;
+
+fn lost(reason: &str) -> Error {
+    Error::PeerLost {
+        reason: reason.to_owned(),
+    }
+}
+
+fn protocol(what: &str) -> Error {
+    Error::Backend {
+        backend: "tcp",
+        side: Side::Remote,
+        code: PROTOCOL_VIOLATION,
+        message: format!("the peer broke the protocol: {what}"),
+    }
+}
+
+fn read_failure(e: ReadError) -> Error {
+    match e {
+        ReadError::Io(e) => lost(&format!("connection failed: {e}")),
+        ReadError::Closed { .. } => lost("the peer closed the connection"),
+        ReadError::Wire(w) => protocol(&w.to_string()),
+    }
+}
+
+/// Maps an `ERROR` reply to ferry's errors.
+fn reply_error(body: &[u8]) -> Error {
+    let (code, message) = wire::decode_error(body);
+    match ErrorCode::from_u16(code) {
+        Some(ErrorCode::UnknownKey | ErrorCode::Revoked) => Error::StaleMetadata,
+        Some(ErrorCode::Cancelled) => Error::Cancelled { by: Side::Remote },
+        Some(ErrorCode::WrongKind | ErrorCode::OutOfBounds) => Error::AccessDenied {
+            side: Side::Remote,
+            reason: message,
+        },
+        _ => Error::Backend {
+            backend: "tcp",
+            side: Side::Remote,
+            code: i64::from(code),
+            message,
+        },
+    }
+}
