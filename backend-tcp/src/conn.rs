@@ -247,6 +247,17 @@ impl Conn {
         Pin::new(&mut self.stream).poll_write_vectored(cx, slices)
     }
 
+    /// Waits until at least one byte of the next frame is here.
+    pub(crate) async fn wait_for_frame(&mut self) -> Result<(), ReadError> {
+        if self.start != self.end {
+            return Ok(());
+        }
+        match std::future::poll_fn(|cx| self.poll_fill(cx)).await? {
+            0 => Err(ReadError::Closed { mid_frame: false }),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads the next frame header.
     pub(crate) async fn read_header(&mut self) -> Result<Header, ReadError> {
         std::future::poll_fn(|cx| self.poll_header(cx)).await

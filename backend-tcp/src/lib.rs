@@ -448,6 +448,11 @@ impl StatsHandle {
         self.server.counters.malformed.load(Ordering::Relaxed)
     }
 
+    /// Connections closed for stalling inside a frame or idling.
+    pub fn timeouts(&self) -> u64 {
+        self.server.counters.timeouts.load(Ordering::Relaxed)
+    }
+
     /// Sockets open now.
     pub fn open_sockets(&self) -> usize {
         self.server.registry.len()

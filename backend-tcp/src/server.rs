@@ -250,6 +250,18 @@ async fn handshake(server: &Server, conn: &mut Conn) -> bool {
     }
 }
 
+/// The next frame header: the connection may idle for `idle_timeout` before a frame starts,
+/// then the header must arrive within `frame_timeout`. The outer `Err` is a timeout.
+async fn next_header(
+    server: &Server,
+    conn: &mut Conn,
+) -> Result<Result<Header, ReadError>, tokio::time::error::Elapsed> {
+    match tokio::time::timeout(server.config.idle_timeout, conn.wait_for_frame()).await? {
+        Ok(()) => tokio::time::timeout(server.config.frame_timeout, conn.read_header()).await,
+        Err(e) => Ok(Err(e)),
+    }
+}
+
 /// One inbound connection: reads requests and notifications, admits or refuses each request,
 /// and lends the connection to the operation a request names while its bytes move.
 async fn serve_connection(server: Arc<Server>, mut conn: Conn) {
@@ -263,7 +275,7 @@ async fn serve_connection(server: Arc<Server>, mut conn: Conn) {
         let header = match pending.take() {
             Some(header) => header,
             None => {
-                match tokio::time::timeout(server.config.idle_timeout, conn.read_header()).await {
+                match next_header(&server, &mut conn).await {
                     Ok(Ok(header)) => header,
                     Ok(Err(ReadError::Wire(e))) => {
                         reject(&server, &mut conn, wire_code(&e), &e.to_string()).await;
