@@ -292,33 +292,37 @@ impl Part {
                         Err(e) => return Poll::Ready(Err(read_failure(e))),
                     }
                 }
-                Stage::Sending(sender) => {
-                    // A refusal can arrive while we still send: look for it without waiting.
-                    if self.refused.is_none() {
-                        if let Poll::Ready(reply) = self.reply.poll(cx, conn) {
-                            match reply {
-                                Ok((FrameType::Error, body)) => {
-                                    sender.stop_after_frame();
-                                    self.refused = Some(reply_error(&body));
-                                }
-                                Ok((other, _)) => {
-                                    return Poll::Ready(Err(protocol(&format!(
-                                        "{other:?} while the request was still being sent"
-                                    ))))
-                                }
-                                Err(e) => return Poll::Ready(Err(read_failure(e))),
+                Stage::Sending(sender) => match sender.poll_send(cx, conn, local) {
+                    Poll::Ready(Ok(())) => {
+                        if let Some(refused) = self.refused.take() {
+                            self.stage = Stage::Done;
+                            return Poll::Ready(Err(refused));
+                        }
+                        self.stage = Stage::Reply;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(lost(&format!("sending failed: {e}"))))
+                    }
+                    Poll::Pending => {
+                        // While bytes are still to go, only a refusal can arrive (an ACK needs
+                        // every byte): look for one without waiting for it.
+                        if self.refused.is_some() {
+                            return Poll::Pending;
+                        }
+                        match ready!(self.reply.poll(cx, conn)) {
+                            Ok((FrameType::Error, body)) => {
+                                sender.stop_after_frame();
+                                self.refused = Some(reply_error(&body));
                             }
+                            Ok((other, _)) => {
+                                return Poll::Ready(Err(protocol(&format!(
+                                    "{other:?} while the request was still being sent"
+                                ))))
+                            }
+                            Err(e) => return Poll::Ready(Err(read_failure(e))),
                         }
                     }
-                    if let Err(e) = ready!(sender.poll_send(cx, conn, local)) {
-                        return Poll::Ready(Err(lost(&format!("sending failed: {e}"))));
-                    }
-                    if let Some(refused) = self.refused.take() {
-                        self.stage = Stage::Done;
-                        return Poll::Ready(Err(refused));
-                    }
-                    self.stage = Stage::Reply;
-                }
+                },
                 Stage::Reply => {
                     let (frame, body) = match ready!(self.reply.poll(cx, conn)) {
                         Ok(reply) => reply,
