@@ -1,0 +1,416 @@
+//! The results of a run: a markdown table with ratios against the same-run baselines, and
+//! the same figures as JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::baseline::{Iperf, PING_BYTES, PONG_BYTES};
+use crate::stats::{gigabytes, micros, Summary};
+use crate::units::format_size;
+
+/// The smallest size compared with iperf3's throughput.
+pub const THROUGHPUT_FROM: usize = 1 << 20;
+
+/// The lowest acceptable ratio of ferry's throughput to iperf3's.
+pub const THROUGHPUT_TARGET: f64 = 0.9;
+
+/// The highest acceptable ratio of ferry's p50 to the ping-pong's p50, at [`PONG_BYTES`].
+pub const LATENCY_TARGET: f64 = 2.0;
+
+/// One measured size and direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Bytes per operation.
+    pub size: usize,
+    /// `read` or `write`.
+    pub direction: &'static str,
+    /// The timed operations.
+    pub summary: Summary,
+    /// Whether the warm-up's bytes were verified.
+    pub verified: bool,
+}
+
+impl Row {
+    /// Mean throughput, bytes per second: bytes × operations ÷ total operation time.
+    pub fn throughput(&self) -> f64 {
+        self.summary.throughput(self.size)
+    }
+}
+
+/// How a row compares with its baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ratio {
+    /// ferry GB/s ÷ iperf3 GB/s; higher is better.
+    Throughput(f64),
+    /// ferry p50 ÷ ping-pong p50; lower is better.
+    Latency(f64),
+}
+
+impl Ratio {
+    /// The ratio.
+    pub fn value(self) -> f64 {
+        match self {
+            Ratio::Throughput(v) | Ratio::Latency(v) => v,
+        }
+    }
+
+    /// Whether it meets its target.
+    pub fn met(self) -> bool {
+        match self {
+            Ratio::Throughput(v) => v >= THROUGHPUT_TARGET,
+            Ratio::Latency(v) => v <= LATENCY_TARGET,
+        }
+    }
+
+    /// The target, as text.
+    pub fn target(self) -> String {
+        match self {
+            Ratio::Throughput(_) => format!("≥ {THROUGHPUT_TARGET}"),
+            Ratio::Latency(_) => format!("≤ {LATENCY_TARGET:.1}"),
+        }
+    }
+
+    /// What is divided by what.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Ratio::Throughput(_) => "GB/s ÷ iperf3",
+            Ratio::Latency(_) => "p50 ÷ ping-pong p50",
+        }
+    }
+}
+
+/// The machine the run was on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// The CPU model, from /proc/cpuinfo.
+    pub cpu_model: String,
+    /// Total memory in bytes, from /proc/meminfo.
+    pub memory: Option<u64>,
+    /// The kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads what it can about this machine; what it cannot is `unknown`.
+    pub fn detect() -> Machine {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let cpu_model = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1))
+            .map(|m| m.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model,
+            memory: meminfo("MemTotal:"),
+            kernel: if kernel.is_empty() {
+                "unknown".into()
+            } else {
+                kernel
+            },
+        }
+    }
+
+    /// One line for a report.
+    pub fn describe(&self) -> String {
+        let memory = self.memory.map_or("unknown memory".into(), |m| {
+            format!("{:.1} GiB", m as f64 / f64::from(1u32 << 30))
+        });
+        format!(
+            "{} CPUs ({}), {memory}, Linux {}",
+            self.cpus, self.cpu_model, self.kernel
+        )
+    }
+}
+
+/// A `/proc/meminfo` field, in bytes.
+pub fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The command line, as typed.
+    pub command: String,
+    /// When the run started.
+    pub date: String,
+    /// Where it ran.
+    pub machine: Machine,
+    /// The backend measured.
+    pub backend: &'static str,
+    /// Measured sizes and directions, in order.
+    pub rows: Vec<Row>,
+    /// Sizes not measured, and why.
+    pub skipped: Vec<(usize, String)>,
+    /// Each iperf3 run (before and after the backend), or why there were none.
+    pub iperf: Result<Vec<Iperf>, String>,
+    /// The ping-pong round trips.
+    pub ping_pong: Summary,
+    /// The whole run's wall time.
+    pub wall: Duration,
+}
+
+impl Report {
+    /// iperf3's mean received rate over its runs, bytes per second.
+    pub fn iperf_rate(&self) -> Option<f64> {
+        let runs = self.iperf.as_ref().ok().filter(|r| !r.is_empty())?;
+        Some(runs.iter().map(Iperf::bytes_per_second).sum::<f64>() / runs.len() as f64)
+    }
+
+    /// How `row` compares with its baseline, where one applies: throughput from
+    /// [`THROUGHPUT_FROM`] bytes, latency at [`PONG_BYTES`].
+    pub fn ratio(&self, row: &Row) -> Option<Ratio> {
+        if row.size >= THROUGHPUT_FROM {
+            Some(Ratio::Throughput(row.throughput() / self.iperf_rate()?))
+        } else if row.size == PONG_BYTES {
+            let floor = self.ping_pong.p50.as_secs_f64();
+            Some(Ratio::Latency(
+                row.summary.p50.as_secs_f64() / floor.max(1e-12),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether every row's bytes were verified.
+    pub fn verified(&self) -> bool {
+        self.rows.iter().all(|r| r.verified)
+    }
+
+    /// The results table and the baselines under it, as markdown.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "| size | op | iterations | p50 µs | p99 µs | GB/s (mean) | ratio | target | bytes |\n",
+        );
+        out.push_str("|---:|---|---:|---:|---:|---:|---|---|---|\n");
+        for row in &self.rows {
+            let (ratio, target) = match self.ratio(row) {
+                Some(r) => (
+                    format!("{:.2} ({})", r.value(), r.meaning()),
+                    format!(
+                        "{} {}",
+                        r.target(),
+                        if r.met() { "met" } else { "**missed**" }
+                    ),
+                ),
+                None => ("".into(), "".into()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.1} | {:.1} | {:.3} | {ratio} | {target} | {} |",
+                format_size(row.size),
+                row.direction,
+                row.summary.iterations,
+                micros(row.summary.p50),
+                micros(row.summary.p99),
+                gigabytes(row.throughput()),
+                if row.verified {
+                    "verified"
+                } else {
+                    "**WRONG**"
+                },
+            );
+        }
+        out.push('\n');
+        out.push_str("Baselines, same run:\n\n");
+        match &self.iperf {
+            Ok(runs) if !runs.is_empty() => {
+                let each: Vec<String> = runs
+                    .iter()
+                    .map(|r| format!("{:.3}", gigabytes(r.bytes_per_second())))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "- iperf3, one stream over 127.0.0.1: {:.3} GB/s (mean of {} run{} of {} s: {} GB/s)",
+                    gigabytes(self.iperf_rate().unwrap_or(0.0)),
+                    runs.len(),
+                    if runs.len() == 1 { "" } else { "s" },
+                    runs[0].seconds,
+                    each.join(", "),
+                );
+            }
+            Ok(_) => out.push_str("- iperf3: skipped: no runs\n"),
+            Err(why) => {
+                let _ = writeln!(out, "- iperf3: skipped: {why}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "- tokio TCP ping-pong, {PING_BYTES} B request → {PONG_BYTES} B answer, TCP_NODELAY, \
+             {} round trips: p50 {:.1} µs, p99 {:.1} µs",
+            self.ping_pong.iterations,
+            micros(self.ping_pong.p50),
+            micros(self.ping_pong.p99),
+        );
+        for (size, why) in &self.skipped {
+            let _ = writeln!(out, "- {} skipped: {why}", format_size(*size));
+        }
+        let _ = writeln!(
+            out,
+            "\nGB/s is 10⁹ bytes per second, mean over the timed operations (bytes × iterations ÷ \
+             total operation time); p50/p99 are per operation, from just before begin_read / \
+             begin_write to wait_for_completion returning Ok; one verified warm-up per row is \
+             not timed. Wall time of the run: {:.1} s.",
+            self.wall.as_secs_f64()
+        );
+        out
+    }
+
+    /// The report as a markdown document: the command, the date and machine, the table.
+    pub fn markdown(&self) -> String {
+        format!(
+            "# ferry-bench-{}\n\n- command: `{}`\n- date: {}\n- machine: {}\n\n{}",
+            self.backend,
+            self.command,
+            self.date,
+            self.machine.describe(),
+            self.table()
+        )
+    }
+
+    /// Every figure, as JSON. Durations are in microseconds, rates in bytes per second.
+    pub fn json(&self) -> Value {
+        let summary = |s: &Summary| {
+            json!({
+                "iterations": s.iterations,
+                "p50_us": micros(s.p50),
+                "p99_us": micros(s.p99),
+                "min_us": micros(s.min),
+                "max_us": micros(s.max),
+                "total_us": micros(s.total),
+            })
+        };
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let ratio = self.ratio(row);
+                json!({
+                    "size": row.size,
+                    "op": row.direction,
+                    "latency": summary(&row.summary),
+                    "bytes_per_second": row.throughput(),
+                    "verified": row.verified,
+                    "ratio": ratio.map(|r| json!({
+                        "kind": match r { Ratio::Throughput(_) => "throughput_vs_iperf3", Ratio::Latency(_) => "p50_vs_ping_pong_p50" },
+                        "value": r.value(),
+                        "target": r.target(),
+                        "met": r.met(),
+                    })),
+                })
+            })
+            .collect();
+        let iperf = match &self.iperf {
+            Ok(runs) => json!({
+                "runs_bits_per_second": runs.iter().map(|r| r.bits_per_second).collect::<Vec<_>>(),
+                "seconds": runs.first().map(|r| r.seconds),
+                "bytes_per_second": self.iperf_rate(),
+            }),
+            Err(why) => json!({ "skipped": why }),
+        };
+        json!({
+            "bench": format!("ferry-bench-{}", self.backend),
+            "command": self.command,
+            "date": self.date,
+            "machine": {
+                "cpus": self.machine.cpus,
+                "cpu_model": self.machine.cpu_model,
+                "memory_bytes": self.machine.memory,
+                "kernel": self.machine.kernel,
+            },
+            "rows": rows,
+            "skipped": self.skipped.iter().map(|(s, why)| json!({"size": s, "why": why})).collect::<Vec<_>>(),
+            "baselines": {
+                "iperf3": iperf,
+                "ping_pong": {
+                    "request_bytes": PING_BYTES,
+                    "answer_bytes": PONG_BYTES,
+                    "latency": summary(&self.ping_pong),
+                },
+            },
+            "wall_s": self.wall.as_secs_f64(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(us: u64, n: usize) -> Summary {
+        Summary::from_samples(vec![Duration::from_micros(us); n]).unwrap()
+    }
+
+    fn report(iperf: Result<Vec<Iperf>, String>) -> Report {
+        Report {
+            command: "ferry-bench-tcp --quick".into(),
+            date: "2026-01-01 00:00:00 UTC".into(),
+            machine: Machine::detect(),
+            backend: "tcp",
+            rows: vec![
+                Row {
+                    size: 4096,
+                    direction: "read",
+                    summary: summary(60, 10),
+                    verified: true,
+                },
+                Row {
+                    size: 1 << 20,
+                    direction: "write",
+                    summary: summary(1000, 10),
+                    verified: true,
+                },
+            ],
+            skipped: vec![(1 << 30, "not enough memory".into())],
+            iperf,
+            ping_pong: summary(40, 100),
+            wall: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn ratios_against_baselines() {
+        let iperf = Iperf {
+            bits_per_second: 8.0 * 2.0e9,
+            seconds: 3,
+        };
+        let r = report(Ok(vec![iperf]));
+        let latency = r.ratio(&r.rows[0]).unwrap();
+        assert!(matches!(latency, Ratio::Latency(v) if (v - 1.5).abs() < 1e-9));
+        assert!(latency.met());
+        // 1 MiB per ms is 1.048576 GB/s, against 2 GB/s.
+        let throughput = r.ratio(&r.rows[1]).unwrap();
+        assert!((throughput.value() - 0.524_288).abs() < 1e-6);
+        assert!(!throughput.met());
+        let table = r.markdown();
+        assert!(
+            table.contains("| 4 KiB | read | 10 | 60.0 | 60.0 |"),
+            "{table}"
+        );
+        assert!(table.contains("1 GiB skipped: not enough memory"));
+        assert_eq!(r.json()["rows"][1]["ratio"]["met"], false);
+    }
+
+    #[test]
+    fn no_iperf_leaves_the_column_empty() {
+        let r = report(Err("not installed".into()));
+        assert!(r.ratio(&r.rows[1]).is_none());
+        assert!(r.table().contains("- iperf3: skipped: not installed"));
+        assert_eq!(r.json()["baselines"]["iperf3"]["skipped"], "not installed");
+    }
+}
