@@ -703,8 +703,10 @@ impl Drop for PassiveTransfer {
             deadline.abort();
         }
         // An ended operation's key is gone already; this covers a transfer dropped without
-        // an ending (the facade always ends it first).
-        self.close();
+        // an ending (the facade always ends it first, so this is normally skipped).
+        if !self.shared.is_closed() || !self.serving.is_empty() {
+            self.close();
+        }
         self.server.live_transfers.fetch_sub(1, Ordering::Relaxed);
     }
 }
