@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use ferry::Connector;
 
+#[cfg(feature = "tcp")]
+pub mod remote;
 pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -49,6 +51,22 @@ impl Options {
             name: name.to_owned(),
             ..Options::default()
         }
+    }
+
+    /// Builds a Connector named `worker_id` over `backend` with these options; a harness's
+    /// backend that cannot build one is a broken harness, so this panics.
+    pub async fn build(&self, worker_id: &str, backend: impl ferry::Backend) -> Connector {
+        let mut builder = Connector::builder()
+            .worker_id(worker_id)
+            .backend(backend)
+            .registration_cache(self.registration_cache);
+        if let Some(deadline) = self.deadline {
+            builder = builder.deadline(deadline);
+        }
+        builder
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("a Connector for {worker_id} builds: {e}"))
     }
 }
 

@@ -63,14 +63,7 @@ impl Harness for SimHarness {
         };
         let backend = SimBackend::new(&self.world, &name).expect("inside a tokio runtime");
         let node = backend.node();
-        let mut builder = Connector::builder()
-            .worker_id(name.clone())
-            .backend(backend)
-            .registration_cache(options.registration_cache);
-        if let Some(deadline) = options.deadline {
-            builder = builder.deadline(deadline);
-        }
-        let connector = builder.build().await.expect("a sim Connector builds");
+        let connector = options.build(&name, backend).await;
         self.nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())

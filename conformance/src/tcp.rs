@@ -42,14 +42,7 @@ impl Harness for TcpHarness {
             .expect("a loopback listener binds");
         let handles = (backend.abort_handle(), backend.stats_handle());
         let name = format!("{}#{}", options.name, self.lock().len());
-        let mut builder = Connector::builder()
-            .worker_id(name.clone())
-            .backend(backend)
-            .registration_cache(options.registration_cache);
-        if let Some(deadline) = options.deadline {
-            builder = builder.deadline(deadline);
-        }
-        let connector = builder.build().await.expect("a tcp Connector builds");
+        let connector = options.build(&name, backend).await;
         self.lock().insert(name, handles);
         connector
     }

@@ -8,8 +8,10 @@ use super::*;
 /// The passive side's process dies with a read in flight: the read ends `PeerLost`.
 pub async fn peer_loss_active_sees_passive_crash<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
-    let source = pattern(1 << 20, 70);
-    let mut landing = vec![0u8; 1 << 20];
+    // More than a loopback connection's kernel buffers hold, so a passive side that serves on
+    // its own (in another process, or in hardware) cannot finish before the reader drains it.
+    let source = pattern(32 << 20, 70);
+    let mut landing = vec![0u8; 32 << 20];
     let (readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     h.crash(&a)?;
     let outcome = read.wait_for_completion().await;

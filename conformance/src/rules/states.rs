@@ -41,9 +41,10 @@ pub async fn states_active_posted_eagerly<H: Harness>(h: H) -> Outcome {
         read.status(),
         OperationStatus::InProgress | OperationStatus::Complete
     ));
-    if a.capabilities().progress_needs_polling {
+    if b.capabilities().progress_needs_polling {
         // Posted eagerly: the request reached the peer before anyone waited on the read, so
-        // the readable sees its peer start; its bytes then move in both owners' polls.
+        // the readable sees its peer start; but the reader lands bytes only in its owner's
+        // polls, so the readable cannot complete until both are awaited.
         let early = readable
             .wait_for_completion_timeout(std::time::Duration::from_millis(50))
             .await;
@@ -53,7 +54,8 @@ pub async fn states_active_posted_eagerly<H: Harness>(h: H) -> Outcome {
         done_read.expect("read");
         done_readable.expect("readable");
     } else {
-        // Posted eagerly: the passive side completes even though nobody waits on the read yet.
+        // Posted eagerly, and the reader progresses on its own: the passive side completes
+        // even though nobody waits on the read yet.
         readable
             .wait_for_completion()
             .await
