@@ -11,6 +11,10 @@
 //!   (timed)    │◀═════════ ferry tcp ════════▶
 //!  wait_for_completion ─┘
 //!                             ◀─── stdout ─── {"done":true}
+//!  {…,"count":K} (K in flight) ─── stdin ────▶ K passive operations, K lines
+//!  K begins, K waits ─┐                        all K awaited at once (join_all)
+//!   (timed together)  │◀═ ferry tcp, K conns ▶
+//!                             ◀─── stdout ─── one {"done":true}
 //!  ping-pong client (64 B → 4 KiB) ◀═ tokio TCP ═▶ echo server
 //!  iperf3 -c ◀═════════════ loopback ═══════════▶ iperf3 -s
 //! ```
@@ -21,13 +25,14 @@
 //! The pieces are in modules so that later backends (ucx, nixl) can reuse them:
 //! [`stats`] (latency percentiles and throughput), [`units`] (sizes), [`lines`] (JSON lines
 //! between the two processes, every wait bounded), [`baseline`] (iperf3 and a bare tokio
-//! ping-pong), [`report`] (the markdown table and the JSON file), and [`tcp`] (the tcp
-//! backend's two sides).
+//! ping-pong), [`report`] (the markdown table and the JSON file), [`join`] (awaiting several
+//! operations at once, for batches in flight), and [`tcp`] (the tcp backend's two sides).
 
 #![forbid(unsafe_code)]
 
 pub mod baseline;
 pub mod clock;
+pub mod join;
 pub mod lines;
 pub mod report;
 pub mod stats;

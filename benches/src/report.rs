@@ -19,23 +19,29 @@ pub const THROUGHPUT_TARGET: f64 = 0.9;
 /// The highest acceptable ratio of ferry's p50 to the ping-pong's p50, at [`PONG_BYTES`].
 pub const LATENCY_TARGET: f64 = 2.0;
 
-/// One measured size and direction.
+/// One measured size, direction and number of operations in flight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// Bytes per operation.
     pub size: usize,
+    /// Operations in flight at once: 1 for one at a time; N for batches of N operations
+    /// begun together and awaited together, each on its own buffer.
+    pub in_flight: usize,
     /// `read` or `write`.
     pub direction: &'static str,
-    /// The timed operations.
+    /// The timed operations, or with more than one in flight the timed batches.
     pub summary: Summary,
     /// Whether the warm-up's bytes were verified.
     pub verified: bool,
 }
 
 impl Row {
-    /// Mean throughput, bytes per second: bytes × operations ÷ total operation time.
+    /// Mean throughput, bytes per second: in flight × bytes × iterations ÷ total time (for
+    /// one in flight, bytes × operations ÷ total operation time; for N, the bytes of every
+    /// batch ÷ total batch time).
     pub fn throughput(&self) -> f64 {
-        self.summary.throughput(self.size)
+        self.summary
+            .throughput(self.size.saturating_mul(self.in_flight.max(1)))
     }
 }
 
@@ -172,11 +178,12 @@ impl Report {
     }
 
     /// How `row` compares with its baseline, where one applies: throughput from
-    /// [`THROUGHPUT_FROM`] bytes, latency at [`PONG_BYTES`].
+    /// [`THROUGHPUT_FROM`] bytes (at any number in flight), latency at [`PONG_BYTES`] (one
+    /// operation in flight only: a batch's time is not one operation's).
     pub fn ratio(&self, row: &Row) -> Option<Ratio> {
         if row.size >= THROUGHPUT_FROM {
             Some(Ratio::Throughput(row.throughput() / self.iperf_rate()?))
-        } else if row.size == PONG_BYTES {
+        } else if row.size == PONG_BYTES && row.in_flight == 1 {
             let floor = self.ping_pong.p50.as_secs_f64();
             Some(Ratio::Latency(
                 row.summary.p50.as_secs_f64() / floor.max(1e-12),
@@ -195,9 +202,10 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(
-            "| size | op | iterations | p50 µs | p99 µs | GB/s (mean) | ratio | target | bytes |\n",
+            "| size | op | in flight | iterations | p50 µs | p99 µs | GB/s (mean) | ratio | target \
+             | bytes |\n",
         );
-        out.push_str("|---:|---|---:|---:|---:|---:|---|---|---|\n");
+        out.push_str("|---:|---|---:|---:|---:|---:|---:|---|---|---|\n");
         for row in &self.rows {
             let (ratio, target) = match self.ratio(row) {
                 Some(r) => (
@@ -212,9 +220,10 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.1} | {:.1} | {:.3} | {ratio} | {target} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.3} | {ratio} | {target} | {} |",
                 format_size(row.size),
                 row.direction,
+                row.in_flight,
                 row.summary.iterations,
                 micros(row.summary.p50),
                 micros(row.summary.p99),
@@ -264,7 +273,11 @@ impl Report {
             out,
             "\nGB/s is 10⁹ bytes per second, mean over the timed operations (bytes × iterations ÷ \
              total operation time); p50/p99 are per operation, from just before begin_read / \
-             begin_write to wait_for_completion returning Ok; one verified warm-up per row is \
+             begin_write to wait_for_completion returning Ok. Rows with N > 1 in flight time \
+             batches: N operations, each on its own buffer, begun together and awaited \
+             together; their iterations are batches, their p50/p99 are per batch (just before \
+             the first begin to the last of the N completions), and their GB/s is N × size × \
+             batches ÷ total batch time. One verified warm-up (operation or batch) per row is \
              not timed. Wall time of the run: {:.1} s.",
             self.wall.as_secs_f64()
         );
@@ -283,7 +296,9 @@ impl Report {
         )
     }
 
-    /// Every figure, as JSON. Durations are in microseconds, rates in bytes per second.
+    /// Every figure, as JSON. Durations are in microseconds, rates in bytes per second. A row's
+    /// `latency` is per operation when its `in_flight` is 1 and per batch of `in_flight`
+    /// operations otherwise (`latency_per` says which).
     pub fn json(&self) -> Value {
         let summary = |s: &Summary| {
             json!({
@@ -303,6 +318,8 @@ impl Report {
                 json!({
                     "size": row.size,
                     "op": row.direction,
+                    "in_flight": row.in_flight,
+                    "latency_per": if row.in_flight > 1 { "batch" } else { "operation" },
                     "latency": summary(&row.summary),
                     "bytes_per_second": row.throughput(),
                     "verified": row.verified,
@@ -365,14 +382,30 @@ mod tests {
             rows: vec![
                 Row {
                     size: 4096,
+                    in_flight: 1,
                     direction: "read",
                     summary: summary(60, 10),
                     verified: true,
                 },
                 Row {
                     size: 1 << 20,
+                    in_flight: 1,
                     direction: "write",
                     summary: summary(1000, 10),
+                    verified: true,
+                },
+                Row {
+                    size: 4096,
+                    in_flight: 8,
+                    direction: "read",
+                    summary: summary(120, 10),
+                    verified: true,
+                },
+                Row {
+                    size: 1 << 20,
+                    in_flight: 8,
+                    direction: "write",
+                    summary: summary(4000, 10),
                     verified: true,
                 },
             ],
@@ -399,11 +432,42 @@ mod tests {
         assert!(!throughput.met());
         let table = r.markdown();
         assert!(
-            table.contains("| 4 KiB | read | 10 | 60.0 | 60.0 |"),
+            table.contains("| 4 KiB | read | 1 | 10 | 60.0 | 60.0 |"),
             "{table}"
         );
         assert!(table.contains("1 GiB skipped: not enough memory"));
         assert_eq!(r.json()["rows"][1]["ratio"]["met"], false);
+        assert_eq!(r.json()["rows"][1]["in_flight"], 1);
+    }
+
+    #[test]
+    fn batch_rows_count_every_operation_in_flight() {
+        let iperf = Iperf {
+            bits_per_second: 8.0 * 2.0e9,
+            seconds: 3,
+        };
+        let r = report(Ok(vec![iperf]));
+        // 8 × 1 MiB per 4 ms batch, 10 batches: 8 × 1048576 × 10 B ÷ 0.04 s = 2.097152 GB/s.
+        let batch = &r.rows[3];
+        assert!((batch.throughput() - 2.097_152e9).abs() < 1.0);
+        let throughput = r.ratio(batch).unwrap();
+        assert!(matches!(throughput, Ratio::Throughput(v) if (v - 1.048_576).abs() < 1e-6));
+        assert!(throughput.met());
+        // A 4 KiB batch's time is not one operation's: no latency ratio.
+        assert!(r.ratio(&r.rows[2]).is_none());
+        let table = r.table();
+        assert!(
+            table.contains(
+                "| 1 MiB | write | 8 | 10 | 4000.0 | 4000.0 | 2.097 | 1.05 (GB/s ÷ iperf3) |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("| 4 KiB | read | 8 | 10 | 120.0 | 120.0 | 0.273 |  |  |"));
+        let json = r.json();
+        assert_eq!(json["rows"][3]["in_flight"], 8);
+        assert_eq!(json["rows"][3]["latency_per"], "batch");
+        assert_eq!(json["rows"][0]["latency_per"], "operation");
+        assert!(json["rows"][2]["ratio"].is_null());
     }
 
     #[test]

@@ -33,9 +33,13 @@ fn tiny_run_prints_table_and_json() {
         "{stdout}"
     );
     for row in [
-        "| 4 KiB | read | 2 |",
-        "| 4 KiB | write | 2 |",
-        "| 1 MiB | write | 2 |",
+        "| 4 KiB | read | 1 | 2 |",
+        "| 4 KiB | write | 1 | 2 |",
+        "| 1 MiB | write | 1 | 2 |",
+        // --in-flight defaults to 8: batches of 8 for every size up to 16 MiB.
+        "| 4 KiB | read | 8 | 2 |",
+        "| 1 MiB | read | 8 | 2 |",
+        "| 1 MiB | write | 8 | 2 |",
     ] {
         assert!(stdout.contains(row), "{row} missing from\n{stdout}");
     }
@@ -44,8 +48,13 @@ fn tiny_run_prints_table_and_json() {
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = figures["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 8);
     assert!(rows.iter().all(|r| r["verified"] == true));
+    let in_flight: Vec<u64> = rows
+        .iter()
+        .filter_map(|r| r["in_flight"].as_u64())
+        .collect();
+    assert_eq!(in_flight, [1, 1, 8, 8, 1, 1, 8, 8]);
     assert_eq!(figures["baselines"]["iperf3"]["skipped"], "not installed");
     assert_eq!(
         figures["baselines"]["ping_pong"]["latency"]["iterations"],

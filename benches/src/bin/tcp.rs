@@ -5,6 +5,7 @@
 //! cargo build --release -p ferry-benches
 //! target/release/ferry-bench-tcp --markdown tcp.md --json tcp.json
 //! target/release/ferry-bench-tcp --quick
+//! target/release/ferry-bench-tcp --in-flight 1    # one operation at a time only
 //! ```
 
 use std::path::PathBuf;
@@ -25,6 +26,10 @@ const FULL_SIZES: [usize; 6] = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20,
 /// The sizes of a `--quick` run.
 const QUICK_SIZES: [usize; 3] = [4 << 10, 1 << 20, 16 << 20];
 
+/// The most bytes a batch of operations in flight may move (size × in flight): sizes above
+/// it are measured one operation at a time only.
+const IN_FLIGHT_BYTES: usize = 128 << 20;
+
 /// Untimed ping-pong round trips before the timed ones.
 const PING_PONG_WARMUP: usize = 200;
 
@@ -39,7 +44,7 @@ struct Args {
     /// [default: 4K,64K,1M,16M,256M,1G; with --quick 4K,1M,16M].
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     sizes: Vec<usize>,
-    /// A short run (under 30 s): 4K, 1M, 16M, few iterations, one 1-second iperf3.
+    /// A short run (a few seconds): 4K, 1M, 16M, few iterations, one 1-second iperf3.
     #[arg(long)]
     quick: bool,
     /// Write every figure as JSON to this file.
@@ -48,13 +53,14 @@ struct Args {
     /// Write the table, with the command line and the date, as markdown to this file.
     #[arg(long, value_name = "PATH")]
     markdown: Option<PathBuf>,
-    /// Operation time to spend per size and direction, in seconds [default: 2; --quick 0.25].
+    /// Operation time to spend per row (size, direction, in flight), in seconds [default: 2;
+    /// --quick 0.25].
     #[arg(long)]
     seconds: Option<f64>,
-    /// Fewest timed operations per size and direction.
+    /// Fewest timed operations (batches, with N in flight) per row.
     #[arg(long, default_value_t = 3)]
     min_iterations: usize,
-    /// Most timed operations per size and direction [default: 2000; --quick 200].
+    /// Most timed operations (batches, with N in flight) per row [default: 2000; --quick 200].
     #[arg(long)]
     max_iterations: Option<usize>,
     /// Timed ping-pong round trips.
@@ -63,6 +69,11 @@ struct Args {
     /// Seconds per iperf3 run [default: 3, run before and after; --quick 1, run once].
     #[arg(long)]
     iperf_seconds: Option<u32>,
+    /// Operations in flight at once for the extra batch rows: for every size where size × N
+    /// ≤ 128 MiB, batches of N operations (each on its own buffer, begun together, awaited
+    /// together) are timed besides one operation at a time. 1 measures one at a time only.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_in_flight)]
+    in_flight: usize,
     /// The tokio runtime of both processes.
     #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
     runtime: Runtime,
@@ -135,6 +146,27 @@ async fn on_worker<T: Send + 'static>(
         .map_err(|e| format!("the benchmark task panicked or was cancelled: {e}"))?
 }
 
+/// Parses `--in-flight`: a whole number, at least 1.
+fn parse_in_flight(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{text:?}: expected a whole number of operations, at least 1"
+        )),
+    }
+}
+
+/// The numbers in flight to measure `size` at: 1, and `in_flight` when it is above 1 and a
+/// batch moves at most [`IN_FLIGHT_BYTES`].
+fn widths(size: usize, in_flight: usize) -> Vec<usize> {
+    let batch = size.checked_mul(in_flight);
+    if in_flight > 1 && batch.is_some_and(|b| b <= IN_FLIGHT_BYTES) {
+        vec![1, in_flight]
+    } else {
+        vec![1]
+    }
+}
+
 /// The command line as typed, quoted where a shell would need it.
 fn command_line() -> String {
     std::env::args()
@@ -177,14 +209,20 @@ async fn run(args: Args) -> Result<Report> {
     };
     let iperf_seconds = args.iperf_seconds.unwrap_or(if args.quick { 1 } else { 3 });
 
-    // The active side holds a landing buffer and, while verifying, the expected bytes; the
-    // peer holds one buffer: three times the size, plus room for everything else.
+    // The active side holds a landing buffer (N with N in flight) and, while verifying, the
+    // expected bytes of one; the peer holds one buffer (or N): at most three times the
+    // largest of size and batch, plus room for everything else.
     let available = meminfo("MemAvailable:");
     let mut skipped = Vec::new();
     let sizes: Vec<usize> = sizes
         .into_iter()
         .filter(|&size| {
-            let need = 3 * size as u64 + (1 << 30);
+            let held = widths(size, args.in_flight)
+                .into_iter()
+                .map(|n| size.saturating_mul(n))
+                .max()
+                .unwrap_or(size);
+            let need = 3 * held as u64 + (1 << 30);
             match available {
                 Some(have) if have < need => {
                     skipped.push((
@@ -235,28 +273,34 @@ async fn run(args: Args) -> Result<Report> {
 
     let mut rows = Vec::new();
     for &size in &sizes {
-        for direction in [Direction::Read, Direction::Write] {
-            let measured = tcp::measure(&connector, &mut peer, direction, size, plan).await?;
-            eprintln!(
-                "{} {}: {} ops, p50 {:.1} µs, p99 {:.1} µs, {:.3} GB/s{}",
-                direction.name(),
-                format_size(size),
-                measured.summary.iterations,
-                micros(measured.summary.p50),
-                micros(measured.summary.p99),
-                measured.summary.throughput(size) / 1e9,
-                if measured.verified {
-                    ""
-                } else {
-                    ", WRONG BYTES"
-                }
-            );
-            rows.push(Row {
-                size,
-                direction: direction.name(),
-                summary: measured.summary,
-                verified: measured.verified,
-            });
+        for in_flight in widths(size, args.in_flight) {
+            for direction in [Direction::Read, Direction::Write] {
+                let measured =
+                    tcp::measure(&connector, &mut peer, direction, size, in_flight, plan).await?;
+                eprintln!(
+                    "{} {} × {in_flight} in flight: {} {}, p50 {:.1} µs, p99 {:.1} µs, \
+                     {:.3} GB/s{}",
+                    direction.name(),
+                    format_size(size),
+                    measured.summary.iterations,
+                    if in_flight == 1 { "ops" } else { "batches" },
+                    micros(measured.summary.p50),
+                    micros(measured.summary.p99),
+                    measured.throughput() / 1e9,
+                    if measured.verified {
+                        ""
+                    } else {
+                        ", WRONG BYTES"
+                    }
+                );
+                rows.push(Row {
+                    size,
+                    in_flight,
+                    direction: direction.name(),
+                    summary: measured.summary,
+                    verified: measured.verified,
+                });
+            }
         }
     }
 
@@ -293,4 +337,28 @@ async fn run(args: Args) -> Result<Report> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_up_to_128_mib() {
+        assert_eq!(widths(4 << 10, 8), vec![1, 8]);
+        assert_eq!(widths(16 << 20, 8), vec![1, 8]);
+        assert_eq!(widths(256 << 20, 8), vec![1]);
+        assert_eq!(widths(64 << 20, 4), vec![1]);
+        assert_eq!(widths(1 << 20, 1), vec![1]);
+        assert_eq!(widths(usize::MAX, 8), vec![1]);
+    }
+
+    #[test]
+    fn in_flight_is_at_least_one() {
+        assert_eq!(parse_in_flight("8"), Ok(8));
+        assert_eq!(parse_in_flight("1"), Ok(1));
+        for bad in ["0", "-1", "x", ""] {
+            assert!(parse_in_flight(bad).is_err(), "{bad}");
+        }
+    }
 }
