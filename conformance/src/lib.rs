@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use ferry::Connector;
 
+#[cfg(feature = "nixl")]
+pub mod nixl;
 #[cfg(feature = "tcp")]
 pub mod remote;
 pub mod rules;
@@ -55,10 +57,14 @@ impl Options {
 
     /// Builds a Connector named `worker_id` over `backend` with these options; a harness's
     /// backend that cannot build one is a broken harness, so this panics.
-    pub async fn build(&self, worker_id: &str, backend: impl ferry::Backend) -> Connector {
+    pub async fn build(
+        &self,
+        worker_id: &str,
+        backend: std::sync::Arc<dyn ferry::Backend>,
+    ) -> Connector {
         let mut builder = Connector::builder()
             .worker_id(worker_id)
-            .backend(backend)
+            .backend_arc(backend)
             .registration_cache(self.registration_cache);
         if let Some(deadline) = self.deadline {
             builder = builder.deadline(deadline);
@@ -111,14 +117,25 @@ pub trait Harness: Send + Sync + 'static {
 
     /// What the backend still holds.
     fn live_state(&self) -> Result<LiveState, Skip>;
+
+    /// Whether the backend can run on this machine at all (its native library loads); when
+    /// not, every rule prints `skipped: <reason>`.
+    fn available(&self) -> Result<(), Skip> {
+        Ok(())
+    }
 }
 
 /// Runs one rule with a bound on real time: a rule that hangs fails.
 pub async fn run<H, F, Fut>(harness: H, rule: F)
 where
+    H: Harness,
     F: FnOnce(H) -> Fut,
     Fut: Future<Output = Outcome>,
 {
+    if let Err(Skip(reason)) = harness.available() {
+        println!("skipped: {reason}");
+        return;
+    }
     match tokio::time::timeout(Duration::from_secs(60), rule(harness)).await {
         Ok(Ok(())) => {}
         Ok(Err(Skip(reason))) => println!("skipped: {reason}"),

@@ -63,7 +63,7 @@ impl Harness for SimHarness {
         };
         let backend = SimBackend::new(&self.world, &name).expect("inside a tokio runtime");
         let node = backend.node();
-        let connector = options.build(&name, backend).await;
+        let connector = options.build(&name, std::sync::Arc::new(backend)).await;
         self.nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -42,7 +42,7 @@ impl Harness for TcpHarness {
             .expect("a loopback listener binds");
         let handles = (backend.abort_handle(), backend.stats_handle());
         let name = format!("{}#{}", options.name, self.lock().len());
-        let connector = options.build(&name, backend).await;
+        let connector = options.build(&name, std::sync::Arc::new(backend)).await;
         self.lock().insert(name, handles);
         connector
     }

@@ -42,11 +42,16 @@ pub fn probe() -> Probe {
         .chain(["sim"].iter())
         .map(|&name| {
             let built = built(name);
+            let unusable = match built {
+                false => Some(format!(
+                    "not in this build (enable the cargo feature `{name}`)"
+                )),
+                true => usable_here(name).err(),
+            };
             BackendProbe {
                 name,
                 built,
-                unusable: (!built)
-                    .then(|| format!("not in this build (enable the cargo feature `{name}`)")),
+                unusable,
             }
         })
         .collect();
@@ -66,7 +71,18 @@ pub fn probe() -> Probe {
 
 /// Whether this build contains the backend (each transport backend adds its feature here).
 fn built(name: &str) -> bool {
-    (name == "sim" && cfg!(feature = "sim")) || (name == "tcp" && cfg!(feature = "tcp"))
+    (name == "sim" && cfg!(feature = "sim"))
+        || (name == "tcp" && cfg!(feature = "tcp"))
+        || (name == "nixl" && cfg!(feature = "nixl"))
+}
+
+/// Whether a built backend can run on this machine (its native library loads).
+fn usable_here(name: &str) -> Result<(), String> {
+    match name {
+        #[cfg(feature = "nixl")]
+        "nixl" => ferry_backend_nixl::available(None).map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
@@ -129,6 +145,15 @@ pub(crate) async fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn B
         "tcp" => {
             let config = ferry_backend_tcp::TcpConfig::from_env()?;
             Ok(Arc::new(ferry_backend_tcp::TcpBackend::bind(config).await?))
+        }
+        #[cfg(feature = "nixl")]
+        "nixl" => {
+            // Dynamo names its agents `<worker_id>-1`; do the same so logs line up.
+            let worker = worker_id
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("ferry-{}", std::process::id()));
+            let config = ferry_backend_nixl::NixlConfig::named(format!("{worker}-1"));
+            Ok(Arc::new(ferry_backend_nixl::NixlBackend::new(config)?))
         }
         other => {
             let _ = worker_id;

@@ -90,6 +90,12 @@ pub mod tcp {
     pub use ferry_backend_tcp::*;
 }
 
+/// The NIXL backend.
+#[cfg(feature = "nixl")]
+pub mod nixl {
+    pub use ferry_backend_nixl::*;
+}
+
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

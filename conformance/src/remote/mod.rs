@@ -579,7 +579,7 @@ impl Harness for ProcessHarness {
             .expect("the backend host starts");
         let link = backend.link.clone();
         let name = format!("{}#remote{n}", options.name);
-        let connector = options.build(&name, backend).await;
+        let connector = options.build(&name, std::sync::Arc::new(backend)).await;
         lock(&self.remotes).insert(name, link);
         connector
     }

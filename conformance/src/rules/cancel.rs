@@ -80,6 +80,7 @@ pub async fn cancel_drop_active_tells_peer<H: Harness>(h: H) -> Outcome {
 /// Cancelling an `Initialized` readable revokes it: a later read is `StaleMetadata`.
 pub async fn cancel_passive_initialized_revokes<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let source = vec![1u8; 64];
     let mut readable = a
         .create_readable([Descriptor::from_slice(&source)])
@@ -105,6 +106,7 @@ pub async fn cancel_passive_initialized_revokes<H: Harness>(h: H) -> Outcome {
 /// Dropping a writable revokes it: a later write lands nothing in its memory.
 pub async fn cancel_drop_passive_revokes<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let mut target = vec![0xeeu8; 64];
     let metadata = {
         let writable = a

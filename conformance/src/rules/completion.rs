@@ -114,6 +114,7 @@ pub async fn completion_first_notification_wins<H: Harness>(h: H) -> Outcome {
 /// has polled the readable yet, finds the key gone.
 pub async fn completion_key_consumed_on_arrival<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let source = pattern(4096, 43);
     let mut readable = a
         .create_readable([Descriptor::from_slice(&source)])

@@ -45,6 +45,7 @@ pub async fn deadlines_wait_timeout_leaves_operation_live<H: Harness>(h: H) -> O
 /// peer can no longer use its metadata.
 pub async fn deadlines_cancel_after_timeout_is_clean<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let mut target = vec![0u8; 256];
     let metadata = {
         let mut writable = a

@@ -21,6 +21,20 @@ pub mod registration;
 pub mod states;
 pub mod validation;
 
+/// For rules that need the passive side to refuse a peer holding stale or forged metadata
+/// (SPEC §9): a skip, with the reason, where the backend cannot (NIXL's peers reach registered
+/// memory by address; a key only names the notification).
+pub fn revocation_enforced(passive: &Connector) -> Result<(), Skip> {
+    match passive.capabilities().enforces_revocation {
+        true => Ok(()),
+        false => Err(Skip(format!(
+            "the {} backend cannot refuse a peer holding stale or forged metadata \
+             (Capabilities::enforces_revocation is false)",
+            passive.backend_name()
+        ))),
+    }
+}
+
 /// Two Connectors of one harness.
 pub async fn pair<H: Harness>(h: &H) -> (Connector, Connector) {
     (

@@ -159,6 +159,7 @@ pub async fn states_cancelled_is_sticky<H: Harness>(h: H) -> Outcome {
 /// `Errored` is sticky, and carries its cause.
 pub async fn states_errored_is_sticky<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let source = vec![1u8; 8];
     let metadata = {
         let readable = a

@@ -256,6 +256,7 @@ pub async fn validation_backend_mismatch<H: Harness>(h: H) -> Outcome {
 /// Metadata of a finished operation is `StaleMetadata` as soon as the peer answers.
 pub async fn validation_stale_after_complete<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let source = pattern(128, 20);
     let mut readable = a
         .create_readable([Descriptor::from_slice(&source)])
@@ -285,6 +286,7 @@ pub async fn validation_stale_after_complete<H: Harness>(h: H) -> Outcome {
 /// Metadata of a cancelled operation is `StaleMetadata`.
 pub async fn validation_stale_after_cancel<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let mut target = vec![5u8; 32];
     let metadata = {
         let mut writable = a
@@ -310,6 +312,7 @@ pub async fn validation_stale_after_cancel<H: Harness>(h: H) -> Outcome {
 /// address alone.
 pub async fn validation_stale_unknown_key<H: Harness>(h: H) -> Outcome {
     let (a, b) = pair(&h).await;
+    revocation_enforced(&a)?;
     let source = vec![3u8; 32];
     let readable = a
         .create_readable([Descriptor::from_slice(&source)])

@@ -1,0 +1,715 @@
+//! ferry-backend-nixl: ferry over NIXL, one agent per Connector, with the UCX plugin.
+//!
+//! It speaks Dynamo 1.6.1's `nixl_connect` protocol, so a ferry worker and a Dynamo Python
+//! worker pair:
+//! - a passive operation's `nixl_metadata` is `"b64:"` + base64 of the zlib-compressed agent
+//!   metadata (`get_local_md`), exactly as Dynamo writes it;
+//! - the active side loads that metadata (once per distinct blob; see below), builds transfer
+//!   descriptor lists over both sides' regions and posts one NIXL transfer whose notification
+//!   message is the notification key's text;
+//! - the passive side completes when that notification arrives; an active cancel releases the
+//!   request (NIXL aborts it) and sends `<key>:cancel`, which Dynamo ignores and ferry reports
+//!   as `Cancelled` by the remote side.
+//!
+//! ```text
+//!  passive (readable/writable)                         active (read/write)
+//!  register regions, expose ──── RdmaMetadata ────────► load agent md (cached by blob)
+//!                                                      create + post xfer (notif = key)
+//!  memory ◄════════ UCX moves bytes (CMA, tcp, RDMA) ══ poll status → Complete
+//!  notification "key" ◄──────────────────────────────── (sent by NIXL after the data)
+//!  → Complete
+//! ```
+//!
+//! # Loading NIXL
+//! nixl-sys is built with `stub-api`, so this crate compiles everywhere; at run time
+//! [`NixlBackend::new`] first loads `libnixl_capi.so` itself (search order in [`library`]), and
+//! reports [`Error::BackendUnavailable`] with an install hint where it cannot, instead of the
+//! stub's abort. `scripts/install-nixl.sh` installs the libraries from PyPI's `nixl-cu12` wheel.
+//!
+//! # Progress
+//! The agent runs without NIXL's progress thread (nixl-sys's default spins a whole core).
+//! One ferry thread per backend polls notifications and posted transfers, spinning only while a
+//! transfer is in flight, backing off (up to [`NixlConfig::max_poll_interval`]) while only
+//! passive operations wait, and blocked on a condition variable, using no CPU, when idle.
+//! Owners' polls also check their own transfer first, so a transfer that is already done
+//! completes without a thread hop.
+//!
+//! # What NIXL cannot do here
+//! - **Revocation.** Ending a passive operation deregisters its memory, but over UCX's CMA
+//!   transport (one host) a peer's process_vm access does not consult registrations, so a peer
+//!   holding stale metadata is not refused: [`Capabilities::enforces_revocation`] is false.
+//! - **Seeing the peer.** A passive operation learns nothing until the notification arrives:
+//!   it cannot report `InProgress` or a lost peer.
+//! - **Error codes.** nixl-sys 1.5.2 folds NIXL's status codes into `InvalidParam`,
+//!   `NotFound` and `BackendError` (NIXL's `REMOTE_DISCONNECT`, `MISMATCH`, `NOT_ALLOWED`,
+//!   `CANCELED`, ... all arrive as `BackendError`). ferry reports those as
+//!   [`Error::Backend`] with codes −2, −4 and −3 (NIXL's own values for the first three);
+//!   a transfer that fails after it was posted ends `PeerLost`, the only cause NIXL reports
+//!   there on a healthy local agent.
+#![warn(missing_docs)]
+
+pub mod library;
+mod progress;
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ferry_core::state::Event;
+use ferry_core::{
+    BoxFuture, Capabilities, Descriptor, DeviceKind, EndpointBlob, Error, Exposed, NotificationKey,
+    OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
+};
+use nixl_sys::{
+    Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, OptArgs,
+    RegistrationHandle, XferDescList, XferOp, XferStatus,
+};
+
+use progress::{lock, ActiveSlot, PassiveSlot, Progress, SharedRequest};
+
+/// The backend's name, as in metadata tags and errors.
+pub const NAME: &str = "nixl";
+
+/// The largest agent metadata accepted after decompression (a zlib bomb is refused).
+pub const MAX_AGENT_METADATA: usize = 16 << 20;
+
+/// How a [`NixlBackend`] is set up.
+#[derive(Debug, Clone)]
+pub struct NixlConfig {
+    /// The agent's name; unique among the agents that will pair (Dynamo names its agents
+    /// `<worker_id>-1`).
+    pub agent_name: String,
+    /// A folder holding `libnixl_capi.so`, searched before the others ([`library`]).
+    pub library_dir: Option<PathBuf>,
+    /// How many distinct remote metadata blobs stay loaded (least recently used go first).
+    pub peer_cache: usize,
+    /// The longest pause of the progress thread while only passive operations wait.
+    pub max_poll_interval: Duration,
+}
+
+impl NixlConfig {
+    /// The defaults, with an agent name.
+    pub fn named(agent_name: impl Into<String>) -> Self {
+        NixlConfig {
+            agent_name: agent_name.into(),
+            library_dir: None,
+            peer_cache: 256,
+            max_poll_interval: Duration::from_micros(100),
+        }
+    }
+}
+
+/// Whether NIXL can be loaded on this machine: `Ok` with where it came from, or the reason.
+pub fn available(library_dir: Option<&std::path::Path>) -> Result<library::Loaded, String> {
+    library::load(library_dir).cloned().map_err(str::to_owned)
+}
+
+fn backend_error(e: NixlError, side: Side, what: &str) -> Error {
+    let code = match e {
+        NixlError::InvalidParam => -2,
+        NixlError::BackendError => -3,
+        NixlError::NotFound => -4,
+        _ => -8,
+    };
+    Error::Backend {
+        backend: NAME,
+        side,
+        code,
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// A host region as nixl-sys wants it described.
+#[derive(Debug)]
+struct Raw {
+    addr: usize,
+    len: usize,
+}
+
+impl MemoryRegion for Raw {
+    unsafe fn as_ptr(&self) -> *const u8 {
+        self.addr as *const u8
+    }
+
+    fn size(&self) -> usize {
+        self.len
+    }
+}
+
+impl NixlDescriptor for Raw {
+    fn mem_type(&self) -> MemType {
+        MemType::Dram
+    }
+
+    fn device_id(&self) -> u64 {
+        0
+    }
+}
+
+/// Random keys from the operating system, as Dynamo's `uuid4()` draws them.
+struct Entropy {
+    source: std::fs::File,
+}
+
+impl Entropy {
+    fn key(&mut self) -> NotificationKey {
+        let mut bytes = [0u8; 16];
+        // /dev/urandom does not fail once open; a short read would make keys guessable.
+        self.source
+            .read_exact(&mut bytes)
+            .expect("reading /dev/urandom");
+        NotificationKey::from_random_bytes(bytes)
+    }
+}
+
+struct Peers {
+    capacity: usize,
+    tick: u64,
+    /// Compressed blob → (remote agent name, last use).
+    loaded: HashMap<Vec<u8>, (String, u64)>,
+}
+
+struct Shared {
+    agent: Agent,
+    progress: Arc<Progress>,
+    capabilities: Capabilities,
+    registrations: Mutex<HashMap<u64, RegistrationHandle>>,
+    next: AtomicU64,
+    /// Bumped by every registration change: the local metadata changes with it.
+    generation: AtomicU64,
+    local_blob: Mutex<Option<(u64, EndpointBlob)>>,
+    peers: Mutex<Peers>,
+    entropy: Mutex<Entropy>,
+}
+
+/// ferry's NIXL backend: one agent with the UCX plugin, and its progress thread.
+pub struct NixlBackend {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NixlBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NixlBackend")
+            .field("agent", &self.shared.agent.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NixlBackend {
+    /// Loads NIXL, creates the agent and its UCX backend, and starts the progress thread.
+    pub fn new(config: NixlConfig) -> Result<NixlBackend, Error> {
+        let unavailable = |reason: String| Error::BackendUnavailable {
+            backend: NAME,
+            reason,
+        };
+        library::load(config.library_dir.as_deref()).map_err(|e| unavailable(e.to_owned()))?;
+        let entropy = std::fs::File::open("/dev/urandom")
+            .map_err(|e| unavailable(format!("no source of random keys (/dev/urandom): {e}")))?;
+        let agent_config = AgentConfig {
+            enable_prog_thread: false,
+            enable_listen_thread: false,
+            ..AgentConfig::default()
+        };
+        let agent = Agent::new_configured(&config.agent_name, &agent_config)
+            .map_err(|e| unavailable(format!("creating agent {:?}: {e}", config.agent_name)))?;
+        let (_, params) = agent
+            .get_plugin_params("UCX")
+            .map_err(|e| unavailable(format!("NIXL has no UCX plugin: {e}")))?;
+        agent
+            .create_backend("UCX", &params)
+            .map_err(|e| unavailable(format!("creating the UCX backend: {e}")))?;
+        let progress = Progress::new(agent.clone(), config.max_poll_interval);
+        let shared = Arc::new(Shared {
+            agent,
+            progress: progress.clone(),
+            capabilities: Capabilities {
+                backend: NAME,
+                devices: vec![DeviceKind::Host],
+                passive_observes_start: false,
+                passive_observes_peer_loss: false,
+                enforces_revocation: false,
+                cross_host: true,
+                progress_needs_polling: false,
+            },
+            registrations: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+            local_blob: Mutex::new(None),
+            peers: Mutex::new(Peers {
+                capacity: config.peer_cache.max(1),
+                tick: 0,
+                loaded: HashMap::new(),
+            }),
+            entropy: Mutex::new(Entropy { source: entropy }),
+        });
+        let thread = std::thread::Builder::new()
+            .name(format!("ferry-nixl-{}", config.agent_name))
+            .spawn(move || progress.run())
+            .map_err(|e| unavailable(format!("starting the progress thread: {e}")))?;
+        Ok(NixlBackend {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The agent's name.
+    pub fn agent_name(&self) -> String {
+        self.shared.agent.name()
+    }
+
+    /// What the backend holds now.
+    pub fn stats(&self) -> NixlStats {
+        let state = self.shared.progress.lock();
+        NixlStats {
+            live_keys: state.passive.len(),
+            live_transfers: state.active.len(),
+            unmatched_notifications: state.unmatched,
+            registrations: lock(&self.shared.registrations).len(),
+            loaded_peers: lock(&self.shared.peers).loaded.len(),
+        }
+    }
+}
+
+/// A snapshot of a [`NixlBackend`]'s state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NixlStats {
+    /// Passive operations waiting for their notification.
+    pub live_keys: usize,
+    /// Posted transfers the progress thread is watching.
+    pub live_transfers: usize,
+    /// Notifications that matched no live operation.
+    pub unmatched_notifications: u64,
+    /// Live memory registrations.
+    pub registrations: usize,
+    /// Distinct remote metadata blobs loaded.
+    pub loaded_peers: usize,
+}
+
+impl Drop for NixlBackend {
+    fn drop(&mut self) {
+        self.shared.progress.shutdown();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    fn local_endpoint(&self) -> Result<EndpointBlob, Error> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut cached = lock(&self.local_blob);
+        if let Some((at, blob)) = &*cached {
+            if *at == generation {
+                return Ok(blob.clone());
+            }
+        }
+        let metadata = self
+            .agent
+            .get_local_md()
+            .map_err(|e| backend_error(e, Side::Local, "get_local_md"))?;
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+        let compressed = encoder
+            .write_all(&metadata)
+            .and_then(|()| encoder.finish())
+            .map_err(|e| Error::Backend {
+                backend: NAME,
+                side: Side::Local,
+                code: -8,
+                message: format!("compressing agent metadata: {e}"),
+            })?;
+        {
+            // Remember our own blobs: a Connector may pair with itself, and NIXL refuses to
+            // load an agent's own metadata (it transfers locally under its own name instead).
+            let mut peers = lock(&self.peers);
+            let tick = peers.tick;
+            peers
+                .loaded
+                .insert(compressed.clone(), (self.agent.name(), tick));
+        }
+        let blob = EndpointBlob::Nixl { compressed };
+        *cached = Some((generation, blob.clone()));
+        Ok(blob)
+    }
+
+    /// The remote agent a blob names, loading its metadata unless this exact blob is loaded.
+    fn remote_agent(&self, compressed: &[u8]) -> Result<String, Error> {
+        {
+            let mut peers = lock(&self.peers);
+            peers.tick += 1;
+            let tick = peers.tick;
+            if let Some((name, used)) = peers.loaded.get_mut(compressed) {
+                *used = tick;
+                return Ok(name.clone());
+            }
+        }
+        let mut metadata = Vec::new();
+        flate2::read::ZlibDecoder::new(compressed)
+            .take(MAX_AGENT_METADATA as u64 + 1)
+            .read_to_end(&mut metadata)
+            .map_err(|e| Error::InvalidMetadata {
+                reason: format!("nixl_metadata does not inflate: {e}"),
+            })?;
+        if metadata.len() > MAX_AGENT_METADATA {
+            return Err(Error::InvalidMetadata {
+                reason: format!("agent metadata inflates past {MAX_AGENT_METADATA} bytes"),
+            });
+        }
+        let name = self
+            .agent
+            .load_remote_md(&metadata)
+            .map_err(|e| Error::InvalidMetadata {
+                reason: format!("NIXL refused the agent metadata: {e}"),
+            })?;
+        let mut peers = lock(&self.peers);
+        if peers.loaded.len() >= peers.capacity {
+            // Forget the least recently used blob; its agent stays loaded in NIXL (a newer
+            // blob of the same agent replaces its metadata there).
+            if let Some(oldest) = peers
+                .loaded
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(blob, _)| blob.clone())
+            {
+                peers.loaded.remove(&oldest);
+            }
+        }
+        let tick = peers.tick;
+        peers
+            .loaded
+            .insert(compressed.to_vec(), (name.clone(), tick));
+        Ok(name)
+    }
+}
+
+impl ferry_core::Backend for NixlBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.shared.capabilities
+    }
+
+    fn new_key(&self) -> NotificationKey {
+        lock(&self.shared.entropy).key()
+    }
+
+    fn register(&self, region: Region) -> Result<RegistrationId, Error> {
+        if !self.shared.capabilities.reaches(region.device) {
+            return Err(Error::UnsupportedDevice {
+                device: region.device,
+                backend: NAME,
+            });
+        }
+        let raw = Raw {
+            addr: region.addr as usize,
+            len: region.len as usize,
+        };
+        let handle = self
+            .shared
+            .agent
+            .register_memory(&raw, None)
+            .map_err(|e| backend_error(e, Side::Local, "register_memory"))?;
+        let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let count = {
+            let mut registrations = lock(&self.shared.registrations);
+            registrations.insert(id, handle);
+            registrations.len()
+        };
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        self.shared.progress.lock().registrations = count;
+        self.shared.progress.nudge();
+        Ok(RegistrationId(id))
+    }
+
+    fn deregister(&self, id: RegistrationId) {
+        // Dropping the handle deregisters the memory.
+        let (handle, count) = {
+            let mut registrations = lock(&self.shared.registrations);
+            (registrations.remove(&id.0), registrations.len())
+        };
+        if handle.is_some() {
+            drop(handle);
+            self.shared.generation.fetch_add(1, Ordering::Release);
+            let mut state = self.shared.progress.lock();
+            state.registrations = count;
+            state.linger();
+        }
+    }
+
+    fn expose<'a>(
+        &'a self,
+        _kind: OperationKind,
+        key: NotificationKey,
+        _local: &'a [Descriptor<'_>],
+        _deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Exposed, Error>> {
+        let exposed = self.shared.local_endpoint().map(|endpoint| {
+            self.shared
+                .progress
+                .lock()
+                .passive
+                .insert(key, PassiveSlot::default());
+            self.shared.progress.nudge();
+            Exposed {
+                endpoint,
+                transfer: Box::new(PassiveTransfer {
+                    progress: self.shared.progress.clone(),
+                    key,
+                    ended: false,
+                }) as Box<dyn Transfer>,
+            }
+        });
+        Box::pin(async move { exposed })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a EndpointBlob,
+    ) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>> {
+        let peer = match endpoint {
+            EndpointBlob::Nixl { compressed } => {
+                self.shared.remote_agent(compressed).map(|agent| {
+                    Arc::new(NixlPeer {
+                        shared: self.shared.clone(),
+                        agent,
+                    }) as Arc<dyn Peer>
+                })
+            }
+            other => Err(Error::BackendMismatch {
+                expected: NAME.into(),
+                found: other.backend().to_owned(),
+            }),
+        };
+        Box::pin(async move { peer })
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// A passive operation: waits for its key's notification.
+struct PassiveTransfer {
+    progress: Arc<Progress>,
+    key: NotificationKey,
+    ended: bool,
+}
+
+impl PassiveTransfer {
+    fn take_outcome(&mut self) -> Option<Event> {
+        let mut state = self.progress.lock();
+        let outcome = state.passive.get_mut(&self.key)?.outcome.take()?;
+        state.passive.remove(&self.key);
+        self.ended = true;
+        Some(outcome)
+    }
+}
+
+impl Transfer for PassiveTransfer {
+    fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        if let Some(event) = self.take_outcome() {
+            return Poll::Ready(event);
+        }
+        // Look once ourselves before leaving it to the thread.
+        self.progress.poll_notifications();
+        if let Some(event) = self.take_outcome() {
+            return Poll::Ready(event);
+        }
+        let mut state = self.progress.lock();
+        match state.passive.get_mut(&self.key) {
+            Some(slot) if slot.outcome.is_none() => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            // The notification landed between the look and the lock.
+            Some(_) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            None => Poll::Ready(Event::Failed(Error::StaleMetadata)),
+        }
+    }
+
+    fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
+        self.ended = true;
+        let mut state = self.progress.lock();
+        state.linger();
+        state
+            .passive
+            .remove(&self.key)
+            .and_then(|slot| slot.outcome)
+    }
+}
+
+impl Drop for PassiveTransfer {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.progress.lock().passive.remove(&self.key);
+        }
+    }
+}
+
+/// A connected remote agent.
+struct NixlPeer {
+    shared: Arc<Shared>,
+    agent: String,
+}
+
+fn descriptor_list<'d>(
+    regions: impl Iterator<Item = (usize, usize)>,
+) -> Result<XferDescList<'d>, Error> {
+    let mut list = XferDescList::new(MemType::Dram)
+        .map_err(|e| backend_error(e, Side::Local, "creating a descriptor list"))?;
+    for (addr, len) in regions {
+        list.add_desc(addr, len, 0);
+    }
+    Ok(list)
+}
+
+impl NixlPeer {
+    fn post_now(
+        &self,
+        kind: OperationKind,
+        remote: &RdmaMetadata,
+        local: &[Descriptor<'_>],
+    ) -> Result<ActiveTransfer, Error> {
+        let local_list = descriptor_list(local.iter().map(|d| (d.addr() as usize, d.len())))?;
+        let remote_list = descriptor_list(
+            remote
+                .descriptors
+                .iter()
+                .map(|d| (d.ptr as usize, d.size as usize)),
+        )?;
+        let mut args = OptArgs::new().map_err(|e| backend_error(e, Side::Local, "opt args"))?;
+        args.set_notification_message(&remote.notification_key.completion_message())
+            .and_then(|()| args.set_has_notification(true))
+            .map_err(|e| backend_error(e, Side::Local, "setting the notification"))?;
+        let op = match kind {
+            OperationKind::Read => XferOp::Read,
+            OperationKind::Write => XferOp::Write,
+        };
+        let agent = &self.shared.agent;
+        let request = agent
+            .create_xfer_req(op, &local_list, &remote_list, &self.agent, Some(&args))
+            .map_err(|e| match e {
+                // The remote regions are not in the agent metadata we hold: the peer never
+                // offered them.
+                NixlError::InvalidParam | NixlError::NotFound => Error::AccessDenied {
+                    side: Side::Local,
+                    reason: format!("NIXL cannot map the remote regions of {}: {e}", self.agent),
+                },
+                other => backend_error(other, Side::Local, "create_xfer_req"),
+            })?;
+        agent
+            .post_xfer_req(&request, Some(&args))
+            .map_err(|e| backend_error(e, Side::Local, "post_xfer_req"))?;
+        Ok(ActiveTransfer {
+            shared: self.shared.clone(),
+            request: Arc::new(Mutex::new(Some(request))),
+            id: self.shared.next.fetch_add(1, Ordering::Relaxed),
+            remote_agent: self.agent.clone(),
+            key: remote.notification_key,
+            ended: false,
+        })
+    }
+}
+
+impl Peer for NixlPeer {
+    fn post<'a>(
+        &'a self,
+        kind: OperationKind,
+        remote: &'a RdmaMetadata,
+        local: &'a mut [Descriptor<'_>],
+        _deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Box<dyn Transfer>, Error>> {
+        let posted = self
+            .post_now(kind, remote, local)
+            .map(|t| Box::new(t) as Box<dyn Transfer>);
+        Box::pin(async move { posted })
+    }
+}
+
+/// An active operation: one posted NIXL request.
+struct ActiveTransfer {
+    shared: Arc<Shared>,
+    request: SharedRequest,
+    id: u64,
+    remote_agent: String,
+    key: NotificationKey,
+    ended: bool,
+}
+
+impl ActiveTransfer {
+    fn status(&self) -> Option<Result<XferStatus, NixlError>> {
+        lock(&self.request)
+            .as_ref()
+            .map(|request| self.shared.agent.get_xfer_status(request))
+    }
+
+    fn finish(&mut self, event: Event) -> Poll<Event> {
+        self.ended = true;
+        self.shared.progress.lock().active.remove(&self.id);
+        Poll::Ready(event)
+    }
+}
+
+fn transfer_failed(e: NixlError) -> Event {
+    Event::Failed(Error::PeerLost {
+        reason: format!("NIXL reported the transfer failed ({e}; nixl-sys folds the cause)"),
+    })
+}
+
+impl Transfer for ActiveTransfer {
+    fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        match self.status() {
+            Some(Ok(XferStatus::Success)) => return self.finish(Event::Completed),
+            Some(Err(e)) => return self.finish(transfer_failed(e)),
+            None => {
+                return self.finish(Event::Failed(Error::Cancelled { by: Side::Local }));
+            }
+            Some(Ok(XferStatus::InProgress)) => {}
+        }
+        let mut state = self.shared.progress.lock();
+        state.active.insert(
+            self.id,
+            ActiveSlot {
+                request: self.request.clone(),
+                waker: Some(cx.waker().clone()),
+            },
+        );
+        drop(state);
+        self.shared.progress.nudge();
+        Poll::Pending
+    }
+
+    fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
+        self.ended = true;
+        self.shared.progress.lock().active.remove(&self.id);
+        let request = lock(&self.request).take()?;
+        if let Ok(XferStatus::Success) = self.shared.agent.get_xfer_status(&request) {
+            return Some(Event::Completed);
+        }
+        // Releasing an unfinished request aborts it: NIXL touches the memory no more.
+        drop(request);
+        let _ = self.shared.agent.send_notification(
+            &self.remote_agent,
+            &self.key.cancel_message(),
+            None,
+        );
+        // The notification leaves only while the agent is progressed.
+        self.shared.progress.lock().linger();
+        self.shared.progress.nudge();
+        None
+    }
+}
+
+impl Drop for ActiveTransfer {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = Transfer::cancel(self, &mut []);
+        }
+        self.shared.progress.lock().active.remove(&self.id);
+    }
+}

@@ -1,0 +1,145 @@
+//! Finding and loading `libnixl_capi.so` before the first NIXL call.
+//!
+//! nixl-sys's `stub-api` resolves every NIXL function through `dlopen("libnixl_capi.so")` and
+//! **aborts the process** when that fails. So this module loads the library first, by absolute
+//! path where it can find one, with `RTLD_GLOBAL`: the stub's later `dlopen` by name then finds
+//! the library already loaded (glibc matches loaded objects by soname) and never aborts. When
+//! no library can be loaded, [`load`] returns the reason and the backend reports
+//! `BackendUnavailable` without calling NIXL at all.
+//!
+//! Search order (the first folder holding `libnixl_capi.so` wins):
+//! 1. [`NixlConfig::library_dir`](crate::NixlConfig::library_dir), when set;
+//! 2. `$FERRY_NIXL_LIB_DIR`;
+//! 3. `$FERRY_NIXL_HOME/.nixl_cu12.mesonpy.libs` (the unpacked `nixl-cu12` wheel);
+//! 4. `~/.cache/ferry/nixl-cu12-1.5.1/.nixl_cu12.mesonpy.libs`, where
+//!    `scripts/install-nixl.sh` unpacks it by default;
+//! 5. the dynamic loader's own search by name (`LD_LIBRARY_PATH`, the system folders);
+//! 6. `/opt/nvidia/nvda_nixl/lib/x86_64-linux-gnu` and `/opt/nvidia/nvda_nixl/lib64`, where
+//!    NIXL's own installer puts it.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The library's file name.
+pub const LIBRARY: &str = "libnixl_capi.so";
+
+/// The wheel version `scripts/install-nixl.sh` installs by default.
+pub const WHEEL_VERSION: &str = "1.5.1";
+
+/// What to tell a user whose machine has no NIXL.
+pub const INSTALL_HINT: &str =
+    "run scripts/install-nixl.sh (it unpacks PyPI's nixl-cu12 wheel into ~/.cache/ferry), or \
+     set FERRY_NIXL_LIB_DIR to a folder holding libnixl_capi.so";
+
+const RTLD_NOW: c_int = 2;
+const RTLD_GLOBAL: c_int = 0x100;
+
+extern "C" {
+    fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+    fn dlerror() -> *const c_char;
+}
+
+/// Where the library was loaded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    /// This file.
+    Path(PathBuf),
+    /// By name, through the dynamic loader's search.
+    ByName,
+}
+
+/// The folders searched, in order, given an explicit folder from the configuration.
+pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    dirs.extend(explicit.map(Path::to_path_buf));
+    if let Some(dir) = std::env::var_os("FERRY_NIXL_LIB_DIR") {
+        dirs.push(dir.into());
+    }
+    if let Some(home) = std::env::var_os("FERRY_NIXL_HOME") {
+        dirs.push(PathBuf::from(home).join(".nixl_cu12.mesonpy.libs"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(
+            PathBuf::from(home)
+                .join(".cache/ferry")
+                .join(format!("nixl-cu12-{WHEEL_VERSION}"))
+                .join(".nixl_cu12.mesonpy.libs"),
+        );
+    }
+    dirs
+}
+
+const SYSTEM_DIRS: [&str; 2] = [
+    "/opt/nvidia/nvda_nixl/lib/x86_64-linux-gnu",
+    "/opt/nvidia/nvda_nixl/lib64",
+];
+
+fn open(name: &CStr) -> Result<(), String> {
+    // SAFETY: `name` is a valid NUL-terminated string. dlopen runs the library's initialisers,
+    // which is what loading NIXL means; the handle is deliberately never closed, so symbols the
+    // stub resolves from it stay valid for the life of the process.
+    let handle = unsafe { dlopen(name.as_ptr(), RTLD_NOW | RTLD_GLOBAL) };
+    if !handle.is_null() {
+        return Ok(());
+    }
+    // SAFETY: dlerror returns NULL or a NUL-terminated string owned by the loader, valid until
+    // the next dl* call on this thread; it is copied at once.
+    let message = unsafe { dlerror() };
+    Err(if message.is_null() {
+        "dlopen failed".to_owned()
+    } else {
+        // SAFETY: non-null, NUL-terminated, see above.
+        unsafe { CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+fn load_once(explicit: Option<&Path>) -> Result<Loaded, String> {
+    let mut tried = Vec::new();
+    let by_path = |dir: &Path, tried: &mut Vec<String>| -> Option<Loaded> {
+        let file = dir.join(LIBRARY);
+        if !file.is_file() {
+            return None;
+        }
+        let name = CString::new(file.as_os_str().as_encoded_bytes()).ok()?;
+        match open(&name) {
+            Ok(()) => Some(Loaded::Path(file)),
+            Err(e) => {
+                tried.push(e);
+                None
+            }
+        }
+    };
+    for dir in candidates(explicit) {
+        if let Some(loaded) = by_path(&dir, &mut tried) {
+            return Ok(loaded);
+        }
+    }
+    let name = CString::new(LIBRARY).expect("the library name has no NUL");
+    match open(&name) {
+        Ok(()) => return Ok(Loaded::ByName),
+        Err(e) => tried.push(e),
+    }
+    for dir in SYSTEM_DIRS {
+        if let Some(loaded) = by_path(Path::new(dir), &mut tried) {
+            return Ok(loaded);
+        }
+    }
+    Err(format!(
+        "{LIBRARY} could not be loaded ({}); {INSTALL_HINT}",
+        tried.join("; ")
+    ))
+}
+
+static LOADED: OnceLock<Result<Loaded, String>> = OnceLock::new();
+
+/// Loads the NIXL C API library once per process; every later call returns the first result
+/// (a process loads one NIXL). `explicit` is the configured folder, searched first.
+pub fn load(explicit: Option<&Path>) -> Result<&'static Loaded, &'static str> {
+    LOADED
+        .get_or_init(|| load_once(explicit))
+        .as_ref()
+        .map_err(String::as_str)
+}
