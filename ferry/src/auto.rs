@@ -148,11 +148,14 @@ pub(crate) async fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn B
         }
         #[cfg(feature = "nixl")]
         "nixl" => {
-            // Dynamo names its agents `<worker_id>-1`; do the same so logs line up.
+            // Dynamo names its agents `<worker_id>-<n>`; do the same, numbering the agents of
+            // this process, since two agents with one name cannot pair.
+            static AGENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let n = AGENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let worker = worker_id
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("ferry-{}", std::process::id()));
-            let config = ferry_backend_nixl::NixlConfig::named(format!("{worker}-1"));
+            let config = ferry_backend_nixl::NixlConfig::named(format!("{worker}-{n}"));
             Ok(Arc::new(ferry_backend_nixl::NixlBackend::new(config)?))
         }
         other => {
