@@ -34,6 +34,12 @@
 //! Owners' polls also check their own transfer first, so a transfer that is already done
 //! completes without a thread hop.
 //!
+//! Its cost, measured with `cargo run --release -p ferry-backend-nixl --example idle_cpu` on a
+//! 2-vCPU VM: 0.0 % of a core with no operation; with one passive operation waiting for a peer,
+//! about 15 % at the default 100 µs longest pause and about 3.4 % at 1 ms (each round asks UCX
+//! to progress, which costs microseconds). A longer pause trades that CPU for up to that much
+//! extra delay before a passive operation sees its notification.
+//!
 //! # What NIXL cannot do here
 //! - **Revocation.** Ending a passive operation deregisters its memory, but over UCX's CMA
 //!   transport (one host) a peer's process_vm access does not consult registrations, so a peer
