@@ -51,7 +51,10 @@ mod tests {
         let futures: Vec<BoxFuture<'_, u32>> = vec![
             Box::pin(async { rx.await.unwrap_or(0) + 1 }),
             Box::pin(async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Finishes after the others have had their turns.
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
                 2
             }),
             Box::pin(async move {
