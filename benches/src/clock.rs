@@ -11,6 +11,15 @@ pub fn utc_now() -> String {
     format_utc(seconds)
 }
 
+/// Nanoseconds since the Unix epoch, from the system clock that every process on this host
+/// shares: an instant taken in one process and one taken in another can be subtracted (the
+/// benchmarks' peers report when their side of an operation completed this way).
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian calendar).
 pub fn format_utc(seconds: u64) -> String {
     let days = (seconds / 86_400) as i64;
@@ -36,6 +45,13 @@ pub fn format_utc(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nanoseconds_move_on() {
+        let a = unix_nanos();
+        let b = unix_nanos();
+        assert!(a > 1_600_000_000 * 1_000_000_000 && b >= a);
+    }
 
     #[test]
     fn known_dates() {

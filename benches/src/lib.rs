@@ -10,7 +10,7 @@
 //!  begin_read ─┐                               wait_for_completion()
 //!   (timed)    │◀═════════ ferry tcp ════════▶
 //!  wait_for_completion ─┘
-//!                             ◀─── stdout ─── {"done":true}
+//!                             ◀─── stdout ─── {"done":true,"at_ns":T}
 //!  {…,"count":K} (K in flight) ─── stdin ────▶ K passive operations, K lines
 //!  K begins, K waits ─┐                        all K awaited at once (join_all)
 //!   (timed together)  │◀═ ferry tcp, K conns ▶
@@ -22,18 +22,23 @@
 //! What it does not do: it measures no simulator (which moves bytes in memory, not over a
 //! transport), and it judges nothing by absolute numbers.
 //!
-//! The pieces are in modules so that later backends (ucx, nixl) can reuse them:
-//! [`stats`] (latency percentiles and throughput), [`units`] (sizes), [`lines`] (JSON lines
-//! between the two processes, every wait bounded), [`baseline`] (iperf3 and a bare tokio
-//! ping-pong), [`report`] (the markdown table and the JSON file), [`join`] (awaiting several
-//! operations at once, for batches in flight), and [`tcp`] (the tcp backend's two sides).
+//! The pieces are in modules so that every backend's benchmark reuses them: [`stats`]
+//! (latency percentiles and throughput), [`units`] (sizes), [`lines`] (JSON lines between the
+//! two processes, every wait bounded), [`peer`] (the peer process, its buffers, one passive
+//! operation served and one active operation against it), [`cli`] (the options and outputs
+//! every program shares), [`clock`] (dates, and the system clock both processes share),
+//! [`baseline`] (iperf3 and a bare tokio ping-pong), [`report`] (the markdown table and the
+//! JSON file), [`join`] (awaiting several operations at once, for batches in flight), and one
+//! module per backend: [`tcp`] (ferry-bench-tcp).
 
 #![forbid(unsafe_code)]
 
 pub mod baseline;
+pub mod cli;
 pub mod clock;
 pub mod join;
 pub mod lines;
+pub mod peer;
 pub mod report;
 pub mod stats;
 pub mod tcp;

@@ -8,23 +8,17 @@
 //! target/release/ferry-bench-tcp --in-flight 1    # one operation at a time only
 //! ```
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use ferry_benches::baseline::{self, Iperf};
-use ferry_benches::report::{meminfo, Machine, Report, Row};
-use ferry_benches::stats::{micros, IterationPlan, Summary};
+use ferry_benches::cli::{self, command_line, on_worker, RunArgs};
+use ferry_benches::report::{Machine, Report, Row};
+use ferry_benches::stats::{micros, Summary};
 use ferry_benches::tcp::{self, Direction};
-use ferry_benches::units::{format_size, parse_size};
+use ferry_benches::units::format_size;
 use ferry_benches::{clock, Result};
-
-/// The sizes of a full run.
-const FULL_SIZES: [usize; 6] = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30];
-
-/// The sizes of a `--quick` run.
-const QUICK_SIZES: [usize; 3] = [4 << 10, 1 << 20, 16 << 20];
 
 /// The most bytes a batch of operations in flight may move (size × in flight): sizes above
 /// it are measured one operation at a time only.
@@ -40,29 +34,8 @@ const PING_PONG_WARMUP: usize = 200;
              ping-pong measured in the same run"
 )]
 struct Args {
-    /// Sizes to measure, comma-separated (4K, 64K, 1M, 16M, 256M, 1G or bytes)
-    /// [default: 4K,64K,1M,16M,256M,1G; with --quick 4K,1M,16M].
-    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
-    sizes: Vec<usize>,
-    /// A short run (a few seconds): 4K, 1M, 16M, few iterations, one 1-second iperf3.
-    #[arg(long)]
-    quick: bool,
-    /// Write every figure as JSON to this file.
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
-    /// Write the table, with the command line and the date, as markdown to this file.
-    #[arg(long, value_name = "PATH")]
-    markdown: Option<PathBuf>,
-    /// Operation time to spend per row (size, direction, in flight), in seconds [default: 2;
-    /// --quick 0.25].
-    #[arg(long)]
-    seconds: Option<f64>,
-    /// Fewest timed operations (batches, with N in flight) per row.
-    #[arg(long, default_value_t = 3)]
-    min_iterations: usize,
-    /// Most timed operations (batches, with N in flight) per row [default: 2000; --quick 200].
-    #[arg(long)]
-    max_iterations: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
     /// Timed ping-pong round trips.
     #[arg(long, default_value_t = 10_000)]
     round_trips: usize,
@@ -135,17 +108,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `work` as a spawned task rather than on the thread that calls `block_on`, so that on
-/// the multi-thread runtime it runs on a worker, where tasks woken by the I/O driver or by
-/// each other run without a hop between threads, as a server's tasks do.
-async fn on_worker<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| format!("the benchmark task panicked or was cancelled: {e}"))?
-}
-
 /// Parses `--in-flight`: a whole number, at least 1.
 fn parse_in_flight(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -167,78 +129,27 @@ fn widths(size: usize, in_flight: usize) -> Vec<usize> {
     }
 }
 
-/// The command line as typed, quoted where a shell would need it.
-fn command_line() -> String {
-    std::env::args()
-        .map(|arg| {
-            let plain = !arg.is_empty()
-                && arg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+".contains(c));
-            if plain {
-                arg
-            } else {
-                format!("'{}'", arg.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 async fn run(args: Args) -> Result<Report> {
     let started = Instant::now();
     let command = command_line();
     let date = clock::utc_now();
-    let sizes: Vec<usize> = if !args.sizes.is_empty() {
-        args.sizes.clone()
-    } else if args.quick {
-        QUICK_SIZES.to_vec()
-    } else {
-        FULL_SIZES.to_vec()
-    };
-    let plan = IterationPlan {
-        target: Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick {
-            0.25
-        } else {
-            2.0
-        })),
-        min: args.min_iterations.max(1),
-        max: args
-            .max_iterations
-            .unwrap_or(if args.quick { 200 } else { 2000 }),
-    };
-    let iperf_seconds = args.iperf_seconds.unwrap_or(if args.quick { 1 } else { 3 });
+    let sizes = args.run.sizes();
+    let plan = args.run.plan();
+    let iperf_seconds = args
+        .iperf_seconds
+        .unwrap_or(if args.run.quick { 1 } else { 3 });
 
     // The active side holds a landing buffer (N with N in flight) and, while verifying, the
     // expected bytes of one; the peer holds one buffer (or N): at most three times the
     // largest of size and batch, plus room for everything else.
-    let available = meminfo("MemAvailable:");
-    let mut skipped = Vec::new();
-    let sizes: Vec<usize> = sizes
-        .into_iter()
-        .filter(|&size| {
-            let held = widths(size, args.in_flight)
-                .into_iter()
-                .map(|n| size.saturating_mul(n))
-                .max()
-                .unwrap_or(size);
-            let need = 3 * held as u64 + (1 << 30);
-            match available {
-                Some(have) if have < need => {
-                    skipped.push((
-                        size,
-                        format!(
-                            "needs about {} MiB free, {} MiB available",
-                            need >> 20,
-                            have >> 20
-                        ),
-                    ));
-                    false
-                }
-                _ => true,
-            }
-        })
-        .collect();
+    let (sizes, skipped) = cli::fitting(sizes, |size| {
+        let held = widths(size, args.in_flight)
+            .into_iter()
+            .map(|n| size.saturating_mul(n))
+            .max()
+            .unwrap_or(size);
+        3 * held as u64
+    });
 
     let connector = tcp::connector("ferry-bench").await?;
     let mut peer = tcp::Peer::spawn(&["--runtime", args.runtime.flag()]).await?;
@@ -304,7 +215,7 @@ async fn run(args: Args) -> Result<Report> {
         }
     }
 
-    if !args.quick && iperf_skipped.is_none() {
+    if !args.run.quick && iperf_skipped.is_none() {
         if let Some(run) = baseline::iperf3(iperf_seconds).await? {
             eprintln!("iperf3 (after): {:.3} GB/s", run.bytes_per_second() / 1e9);
             iperf_runs.push(run);
@@ -327,15 +238,8 @@ async fn run(args: Args) -> Result<Report> {
         wall: started.elapsed(),
     };
     println!("{}", report.table());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report.json())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, report.markdown())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
+    args.run
+        .write_outputs(|| report.json(), || report.markdown())?;
     Ok(report)
 }
 

@@ -1,0 +1,323 @@
+//! The passive peer process every benchmark runs beside itself: this same program re-run with
+//! `--peer`, spoken to in JSON lines over its stdin and stdout ([`JsonLines`]), and the buffer
+//! it allocates once per size and reuses.
+//!
+//! Each backend's module (such as [`crate::tcp`]) defines the commands its peer answers; what
+//! they share is here: starting the peer and waiting for its ready line, its buffers, serving
+//! one passive operation ([`serve_passive`]) and running one active operation against it
+//! ([`transfer_against`]), reading a metadata line or a done line back, and telling it to exit.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ferry::{kind, Connector, Descriptor, Operation, RdmaMetadata};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use crate::clock::unix_nanos;
+use crate::join::{join_all, BoxFuture};
+use crate::lines::{error_of, JsonLines};
+use crate::{checksum, operation_limit, Result};
+
+/// How long the peer may take to start and report ready.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long the peer may take to exit once told to.
+const EXIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Which way the bytes go, seen from the active side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The active side reads the peer's readable: bytes flow peer → active.
+    Read,
+    /// The active side writes into the peer's writable: bytes flow active → peer.
+    Write,
+}
+
+impl Direction {
+    /// `read` or `write`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Read => "read",
+            Direction::Write => "write",
+        }
+    }
+
+    /// The passive operation the peer creates for it: `readable` or `writable`.
+    pub fn passive(self) -> &'static str {
+        match self {
+            Direction::Read => "readable",
+            Direction::Write => "writable",
+        }
+    }
+
+    /// The direction whose passive operation is `name` (`readable` or `writable`).
+    pub fn from_passive(name: &str) -> Option<Direction> {
+        match name {
+            "readable" => Some(Direction::Read),
+            "writable" => Some(Direction::Write),
+            _ => None,
+        }
+    }
+}
+
+/// The peer process, seen from the active side. Killed (by its PID) when dropped.
+#[derive(Debug)]
+pub struct PeerProcess {
+    child: Child,
+    /// The peer's stdout (its replies) and stdin (the commands).
+    pub io: JsonLines<ChildStdout, ChildStdin>,
+    ready: Value,
+}
+
+impl PeerProcess {
+    /// Starts this program again with `--peer` and `args`, and waits for its first line,
+    /// which must say `"ready":true`.
+    pub async fn spawn(args: &[&str]) -> Result<PeerProcess> {
+        let exe = std::env::current_exe()?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("--peer")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("the peer has no stdout pipe")?;
+        let stdin = child.stdin.take().ok_or("the peer has no stdin pipe")?;
+        let mut io = JsonLines::new(stdout, stdin);
+        let ready = io.recv(START_LIMIT).await?;
+        if ready["ready"] != Value::Bool(true) {
+            let why = error_of(&ready).unwrap_or_else(|| ready.to_string());
+            return Err(format!("the peer did not start: {why}").into());
+        }
+        Ok(PeerProcess { child, io, ready })
+    }
+
+    /// The peer's ready line, with whatever the backend's peer put in it.
+    pub fn ready(&self) -> &Value {
+        &self.ready
+    }
+
+    /// The peer's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Tells the peer to exit and waits for it; kills it if it does not exit in time.
+    pub async fn exit(mut self) -> Result<()> {
+        let told = self.io.send(&json!({"op": "exit"})).await;
+        match tokio::time::timeout(EXIT_LIMIT, self.child.wait()).await {
+            Ok(status) if told.is_ok() && status.as_ref().is_ok_and(|s| s.success()) => Ok(()),
+            Ok(status) => Err(format!("the peer ended badly: {status:?}").into()),
+            Err(_) => {
+                self.child.kill().await?;
+                Err(format!("the peer did not exit within {EXIT_LIMIT:?}; killed").into())
+            }
+        }
+    }
+
+    /// Reads one metadata line, or the error the peer sent instead.
+    pub async fn recv_metadata(&mut self, size: usize, limit: Duration) -> Result<RdmaMetadata> {
+        let line = self.io.recv_line(limit).await?;
+        let reply: Value = serde_json::from_str(line)?;
+        if let Some(e) = error_of(&reply) {
+            return Err(format!("the peer could not expose {size} bytes: {e}").into());
+        }
+        Ok(RdmaMetadata::from_json(line)?)
+    }
+
+    /// Reads the peer's done line; an error unless it says `"done":true`. `what` names the
+    /// peer's side of the operation, for the error.
+    pub async fn recv_done(&mut self, what: &str, limit: Duration) -> Result<Value> {
+        let done = self.io.recv(limit).await?;
+        if done["done"] != Value::Bool(true) {
+            let why = error_of(&done).unwrap_or_else(|| done.to_string());
+            return Err(format!("the peer's {what} failed: {why}").into());
+        }
+        Ok(done)
+    }
+}
+
+/// A peer's buffer: one allocation per size, reused by every operation of that size.
+#[derive(Debug, Default)]
+pub struct PeerBuffer {
+    /// The bytes a passive operation exposes.
+    pub bytes: Vec<u8>,
+    /// The seed of the pattern the bytes hold, if they hold one.
+    pattern: Option<u64>,
+}
+
+impl PeerBuffer {
+    /// Makes the buffer `size` bytes of the `seed` pattern ([`ferry::demo::pattern`]).
+    pub fn hold_pattern(&mut self, size: usize, seed: u64) {
+        if !(self.pattern == Some(seed) && self.bytes.len() == size) {
+            self.bytes = Vec::new(); // free the old buffer before making the new one
+            self.bytes = ferry::demo::pattern(size, seed);
+            self.pattern = Some(seed);
+        }
+    }
+
+    /// Makes the buffer `size` bytes long, zeroed if `clear` or if newly allocated.
+    pub fn hold_landing(&mut self, size: usize, clear: bool) {
+        if self.bytes.len() != size {
+            self.bytes = Vec::new();
+            self.bytes = vec![0; size];
+        } else if clear {
+            self.bytes.fill(0);
+        }
+        self.pattern = None;
+    }
+
+    /// Frees the bytes.
+    pub fn release(&mut self) {
+        *self = PeerBuffer::default();
+    }
+}
+
+/// Serves one passive operation on the peer: makes `buffer` hold the `seed` pattern (for a
+/// read) or `size` landing bytes (for a write, zeroed when `verify`), creates the readable or
+/// writable over it on `connector`, prints its metadata as one line, awaits it (for at most
+/// [`operation_limit`]), and prints how it ended: `{"done":true,"at_ns":T}`, where `T` is the
+/// instant its wait returned ([`unix_nanos`]), with the `checksum` of a written buffer when
+/// `verify`; or `{"done":false,"error":…}`. An operation that cannot be created is answered
+/// `{"error":…}` instead of its metadata.
+pub async fn serve_passive<R, W>(
+    connector: &Connector,
+    io: &mut JsonLines<R, W>,
+    buffer: &mut PeerBuffer,
+    direction: Direction,
+    size: usize,
+    seed: u64,
+    verify: bool,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = operation_limit(size);
+    let (outcome, at) = match direction {
+        Direction::Read => {
+            buffer.hold_pattern(size, seed);
+            let descriptors = [Descriptor::from_slice(&buffer.bytes)];
+            match connector.create_readable(descriptors).await {
+                Ok(op) => (expose_and_await(io, &mut [op], limit).await?, unix_nanos()),
+                Err(e) => return io.send(&json!({"error": e.to_string()})).await,
+            }
+        }
+        Direction::Write => {
+            buffer.hold_landing(size, verify);
+            let descriptors = [Descriptor::from_mut_slice(&mut buffer.bytes)];
+            match connector.create_writable(descriptors).await {
+                Ok(op) => (expose_and_await(io, &mut [op], limit).await?, unix_nanos()),
+                Err(e) => return io.send(&json!({"error": e.to_string()})).await,
+            }
+        }
+    };
+    let reply = match outcome {
+        Ok(()) if verify && direction == Direction::Write => {
+            json!({"done": true, "at_ns": at, "checksum": checksum(&buffer.bytes)})
+        }
+        Ok(()) => json!({"done": true, "at_ns": at}),
+        Err(why) => json!({"done": false, "error": why}),
+    };
+    io.send(&reply).await
+}
+
+/// Prints each passive operation's metadata, one line each, then awaits them all at once, for
+/// at most `limit`. The inner `Err` says why not all completed.
+pub async fn expose_and_await<R, W, K>(
+    io: &mut JsonLines<R, W>,
+    ops: &mut [Operation<'_, K>],
+    limit: Duration,
+) -> Result<Result<(), String>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+    K: kind::Passive + Send,
+{
+    // Taken first: an operation is not Sync, so no borrow of one may live across an await.
+    let lines: Vec<String> = ops.iter().map(|op| op.metadata().to_json()).collect();
+    for line in &lines {
+        io.send_line(line).await?;
+    }
+    let count = ops.len();
+    Ok(match tokio::time::timeout(limit, complete_all(ops)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("not all {count} complete within {limit:?}")),
+    })
+}
+
+/// Awaits every operation in `ops` concurrently, in this task; the first error (in the order
+/// of `ops`) if any failed. Returns when all have ended; bound it with a timeout.
+pub async fn complete_all<K: Send>(ops: &mut [Operation<'_, K>]) -> Result<(), ferry::Error> {
+    let waits: Vec<BoxFuture<'_, Result<(), ferry::Error>>> = ops
+        .iter_mut()
+        .map(|op| -> BoxFuture<'_, _> { Box::pin(op.wait_for_completion()) })
+        .collect();
+    join_all(waits).await.into_iter().collect()
+}
+
+/// Begins the active operation matching `direction` over `buffer` against a peer's
+/// `metadata` (`begin_read` or `begin_write`) and awaits it, for at most `limit`. Returns the
+/// time from just before the begin until `wait_for_completion` returned `Ok`.
+pub async fn transfer_against(
+    connector: &Connector,
+    metadata: &RdmaMetadata,
+    direction: Direction,
+    buffer: &mut [u8],
+    limit: Duration,
+) -> Result<Duration> {
+    let size = buffer.len();
+    let timed = async {
+        let start = Instant::now();
+        match direction {
+            Direction::Read => {
+                let mut op = connector
+                    .begin_read(metadata, [Descriptor::from_mut_slice(buffer)])
+                    .await?;
+                op.wait_for_completion().await?;
+            }
+            Direction::Write => {
+                let mut op = connector
+                    .begin_write([Descriptor::from_slice(buffer)], metadata)
+                    .await?;
+                op.wait_for_completion().await?;
+            }
+        }
+        Ok::<_, ferry::Error>(start.elapsed())
+    };
+    let elapsed = tokio::time::timeout(limit, timed)
+        .await
+        .map_err(|_| {
+            format!(
+                "{} of {size} bytes not complete within {limit:?}",
+                direction.name()
+            )
+        })?
+        .map_err(|e| format!("{} of {size} bytes failed: {e}", direction.name()))?;
+    Ok(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_until_the_size_or_pattern_changes() {
+        let mut buffer = PeerBuffer::default();
+        buffer.hold_pattern(64, 1);
+        let first = buffer.bytes.as_ptr();
+        buffer.hold_pattern(64, 1);
+        assert_eq!(buffer.bytes.as_ptr(), first);
+        assert_eq!(buffer.bytes, ferry::demo::pattern(64, 1));
+        buffer.hold_landing(64, true);
+        assert!(buffer.bytes.iter().all(|&b| b == 0));
+        buffer.hold_landing(32, false);
+        assert_eq!(buffer.bytes.len(), 32);
+        buffer.release();
+        assert!(buffer.bytes.is_empty());
+    }
+}
