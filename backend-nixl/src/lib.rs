@@ -7,9 +7,11 @@
 //! - the active side loads that metadata (once per distinct blob; see below), builds transfer
 //!   descriptor lists over both sides' regions and posts one NIXL transfer whose notification
 //!   message is the notification key's text;
-//! - the passive side completes when that notification arrives; an active cancel releases the
-//!   request (NIXL aborts it) and sends `<key>:cancel`, which Dynamo ignores and ferry reports
-//!   as `Cancelled` by the remote side.
+//! - the passive side completes when that notification arrives; an active cancel waits for
+//!   NIXL to be done with the caller's memory (UCX cannot take back a posted get or put; see
+//!   `ActiveTransfer::drain`), then releases the request and sends `<key>:cancel`, which
+//!   Dynamo ignores and ferry reports as `Cancelled` by the remote side. A transfer that
+//!   finished meanwhile completes instead: the cancel lost the race.
 //!
 //! ```text
 //!  passive (readable/writable)                         active (read/write)
@@ -41,9 +43,14 @@
 //! extra delay before a passive operation sees its notification.
 //!
 //! # What NIXL cannot do here
-//! - **Revocation.** Ending a passive operation deregisters its memory, but over UCX's CMA
-//!   transport (one host) a peer's process_vm access does not consult registrations, so a peer
-//!   holding stale metadata is not refused: [`Capabilities::enforces_revocation`] is false.
+//! - **Revocation.** Ending a passive operation deregisters its memory, but nothing NIXL or
+//!   UCX offers stops a peer that holds its metadata: UCX's CMA transport (one host) and its
+//!   software RMA (the tcp transport) serve gets and puts from raw addresses without
+//!   consulting registrations, and verbs' registration cache keeps a region's key valid after
+//!   deregistration. So a peer holding stale metadata is not refused
+//!   ([`Capabilities::enforces_revocation`] is false), and memory freed while a peer still
+//!   reads or writes it can be read, overwritten or fault. Keep a passive operation's memory
+//!   alive until its peer has finished (the operation completed, or the peer is gone).
 //! - **Seeing the peer.** A passive operation learns nothing until the notification arrives:
 //!   it cannot report `InProgress` or a lost peer.
 //! - **Error codes.** nixl-sys 1.5.2 folds NIXL's status codes into `InvalidParam`,
@@ -63,7 +70,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_core::state::Event;
 use ferry_core::{
@@ -72,13 +79,20 @@ use ferry_core::{
 };
 use nixl_sys::{
     Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, OptArgs,
-    RegistrationHandle, XferDescList, XferOp, XferStatus,
+    RegistrationHandle, XferDescList, XferOp, XferRequest, XferStatus,
 };
 
 use progress::{lock, ActiveSlot, PassiveSlot, Progress, SharedRequest};
 
 /// The backend's name, as in metadata tags and errors.
 pub const NAME: &str = "nixl";
+
+/// How long cancelling a posted transfer waits for it to finish with the caller's memory
+/// before disconnecting the peer (see `ActiveTransfer::drain`).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// How long, after disconnecting the peer, UCX may take to fail a cancelled transfer.
+const CUT_OFF: Duration = Duration::from_secs(5);
 
 /// The largest agent metadata accepted after decompression (a zlib bomb is refused).
 pub const MAX_AGENT_METADATA: usize = 16 << 20;
@@ -340,6 +354,14 @@ impl Shared {
         let blob = EndpointBlob::Nixl { compressed };
         *cached = Some((generation, blob.clone()));
         Ok(blob)
+    }
+
+    /// Forgets every blob of `agent`, so the next operation against it loads its metadata and
+    /// connects again.
+    fn forget(&self, agent: &str) {
+        lock(&self.peers)
+            .loaded
+            .retain(|_, (name, _)| name != agent);
     }
 
     /// The remote agent a blob names, loading its metadata unless this exact blob is loaded.
@@ -648,6 +670,49 @@ struct ActiveTransfer {
 }
 
 impl ActiveTransfer {
+    /// Waits until NIXL is done with the request's local memory, and returns its last status.
+    ///
+    /// UCX cannot take back a get or a put once posted: releasing an unfinished NIXL request
+    /// does not stop it, and UCX goes on writing into a read's memory (or reading a write's)
+    /// after the caller has freed it — seen as a crash in `ucp_get_rep_handler` with UCX's
+    /// tcp transport. So a cancel lets the transfer finish, for up to [`DRAIN`]; a peer that
+    /// does not let it finish by then is cut off (`invalidate_remote_md` closes the endpoint,
+    /// which fails every request to it), and its requests fail within [`CUT_OFF`].
+    fn drain(&self, request: &XferRequest) -> Result<XferStatus, NixlError> {
+        let agent = &self.shared.agent;
+        let settled = |limit: Duration| {
+            let until = Instant::now() + limit;
+            loop {
+                match agent.get_xfer_status(request) {
+                    Ok(XferStatus::InProgress) if Instant::now() < until => {
+                        std::thread::yield_now()
+                    }
+                    Ok(XferStatus::InProgress) => return None,
+                    done => return Some(done),
+                }
+            }
+        };
+        if let Some(done) = settled(DRAIN) {
+            return done;
+        }
+        tracing::warn!(
+            peer = %self.remote_agent,
+            "a cancelled NIXL transfer did not finish within {DRAIN:?}; disconnecting the peer"
+        );
+        let _ = agent.invalidate_remote_md(&self.remote_agent);
+        self.shared.forget(&self.remote_agent);
+        if let Some(done) = settled(CUT_OFF) {
+            return done;
+        }
+        // UCX still owns memory the caller is about to free; going on would let it write into
+        // whatever reuses that memory. Nothing safe is left.
+        tracing::error!(
+            peer = %self.remote_agent,
+            "UCX kept a cancelled transfer after its peer was disconnected; aborting"
+        );
+        std::process::abort()
+    }
+
     fn status(&self) -> Option<Result<XferStatus, NixlError>> {
         lock(&self.request)
             .as_ref()
@@ -694,10 +759,11 @@ impl Transfer for ActiveTransfer {
         self.ended = true;
         self.shared.progress.lock().active.remove(&self.id);
         let request = lock(&self.request).take()?;
-        if let Ok(XferStatus::Success) = self.shared.agent.get_xfer_status(&request) {
+        if let Ok(XferStatus::Success) = self.drain(&request) {
+            // The bytes all moved before the transfer could be stopped, and NIXL has sent the
+            // peer its notification: the cancel lost the race.
             return Some(Event::Completed);
         }
-        // Releasing an unfinished request aborts it: NIXL touches the memory no more.
         drop(request);
         let _ = self.shared.agent.send_notification(
             &self.remote_agent,

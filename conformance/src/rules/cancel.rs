@@ -25,7 +25,9 @@ pub async fn cancel_active_read_in_progress<H: Harness>(h: H) -> Outcome {
         }
         OperationStatus::Complete => {
             return Err(Skip(
-                "the transfer completed inline, before cancel could run".into(),
+                "the transfer completed before cancel could stop it (inline, or a backend that \
+                 cannot take back a posted transfer let it finish)"
+                    .into(),
             ));
         }
         other => panic!("cancel left {other:?}"),
@@ -53,7 +55,9 @@ pub async fn cancel_active_write_in_progress<H: Harness>(h: H) -> Outcome {
         }
         OperationStatus::Complete => {
             return Err(Skip(
-                "the transfer completed inline, before cancel could run".into(),
+                "the transfer completed before cancel could stop it (inline, or a backend that \
+                 cannot take back a posted transfer let it finish)"
+                    .into(),
             ));
         }
         other => panic!("cancel left {other:?}"),
