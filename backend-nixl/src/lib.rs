@@ -387,12 +387,16 @@ impl Shared {
                 reason: format!("agent metadata inflates past {MAX_AGENT_METADATA} bytes"),
             });
         }
-        let name = self
-            .agent
-            .load_remote_md(&metadata)
-            .map_err(|e| Error::InvalidMetadata {
-                reason: format!("NIXL refused the agent metadata: {e}"),
-            })?;
+        let name = self.agent.load_remote_md(&metadata).map_err(|e| match e {
+            // The metadata parsed, but the UCX plugin could not connect to the agent it
+            // names (its process is gone, or unreachable).
+            NixlError::BackendError => Error::PeerLost {
+                reason: format!("NIXL cannot connect to the agent in nixl_metadata: {e}"),
+            },
+            other => Error::InvalidMetadata {
+                reason: format!("NIXL refused the agent metadata: {other}"),
+            },
+        })?;
         let mut peers = lock(&self.peers);
         if peers.loaded.len() >= peers.capacity {
             // Forget the least recently used blob; its agent stays loaded in NIXL (a newer
