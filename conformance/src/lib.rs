@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry::Connector;
@@ -44,6 +45,23 @@ pub struct Options {
     pub deadline: Option<Duration>,
     /// Registration cache capacity.
     pub registration_cache: usize,
+    /// A layer a harness puts around the backend it built (the process harness translates
+    /// addresses with it).
+    pub wrap: Option<Wrap>,
+}
+
+/// A layer around a backend, applied by [`Options::build`]; only this crate's harnesses make
+/// one.
+#[derive(Clone)]
+pub struct Wrap(pub(crate) Arc<WrapFn>);
+
+/// What a [`Wrap`] does: the backend a harness built in, the one the Connector gets out.
+type WrapFn = dyn Fn(Arc<dyn ferry::Backend>) -> Arc<dyn ferry::Backend> + Send + Sync;
+
+impl std::fmt::Debug for Wrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wrap")
+    }
 }
 
 impl Options {
@@ -57,11 +75,11 @@ impl Options {
 
     /// Builds a Connector named `worker_id` over `backend` with these options; a harness's
     /// backend that cannot build one is a broken harness, so this panics.
-    pub async fn build(
-        &self,
-        worker_id: &str,
-        backend: std::sync::Arc<dyn ferry::Backend>,
-    ) -> Connector {
+    pub async fn build(&self, worker_id: &str, backend: Arc<dyn ferry::Backend>) -> Connector {
+        let backend = match &self.wrap {
+            Some(Wrap(wrap)) => wrap(backend),
+            None => backend,
+        };
         let mut builder = Connector::builder()
             .worker_id(worker_id)
             .backend_arc(backend)

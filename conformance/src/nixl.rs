@@ -46,8 +46,8 @@ impl Harness for NixlHarness {
 
     fn crash(&self, _connector: &Connector) -> Result<(), Skip> {
         Err(Skip(
-            "a NIXL agent cannot be killed inside the test process, and this suite has no \
-             cross-process nixl harness yet"
+            "a NIXL agent cannot be killed inside the test process (the two-process suite, \
+             nixl_two_processes, kills its backend hosts instead)"
                 .into(),
         ))
     }

@@ -1,9 +1,11 @@
-//! A tcp backend in its own process, driven over stdin/stdout by the conformance suite's
+//! A backend in its own process — tcp, or nixl (`ferry-backend-host nixl`) — driven over
+//! stdin/stdout by the conformance suite's
 //! [`ProcessHarness`](ferry_conformance::remote::ProcessHarness): it exposes and posts
 //! transfers on its own copy of a remote Connector's memory and reports their events. See
 //! `ferry_conformance::remote` for the design and `remote::proto` for the frames.
 //!
-//! It exits when its stdin closes, so it never outlives the test that spawned it.
+//! Its first frame is `Ready`, with the backend's capabilities or why it could not start. It
+//! exits when its stdin closes, so it never outlives the test that spawned it.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -14,7 +16,7 @@ use std::task::Poll;
 use ferry::core::state::Event;
 use ferry::core::{Peer, Transfer};
 use ferry::tcp::{TcpBackend, TcpConfig};
-use ferry::{Backend, Descriptor, EndpointBlob, Error, OperationKind, RdmaMetadata};
+use ferry::{Backend, Capabilities, Descriptor, EndpointBlob, Error, OperationKind, RdmaMetadata};
 use ferry_conformance::remote::proto::{self, Buffer, CancelOutcome, Command, Reply};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -26,6 +28,38 @@ enum Control {
 type Out = UnboundedSender<Reply>;
 type Peers = Arc<Mutex<HashMap<u64, Arc<dyn Peer>>>>;
 
+/// What a backend still holds: transfers, keys.
+type LiveCount = Box<dyn Fn() -> (u64, u64) + Send>;
+
+/// Starts the backend named `name`, with a way to count what it holds.
+async fn start(name: &str) -> Result<(Arc<dyn Backend>, LiveCount), Error> {
+    match name {
+        "tcp" => {
+            let backend = TcpBackend::bind(TcpConfig::default()).await?;
+            let stats = backend.stats_handle();
+            let live: LiveCount =
+                Box::new(move || (stats.live_transfers() as u64, stats.live_keys() as u64));
+            Ok((Arc::new(backend), live))
+        }
+        #[cfg(feature = "nixl")]
+        "nixl" => {
+            use ferry::nixl::{NixlBackend, NixlConfig};
+            let name = format!("ferry-backend-host-{}-1", std::process::id());
+            let backend = Arc::new(NixlBackend::new(NixlConfig::named(name))?);
+            let counted = backend.clone();
+            let live: LiveCount = Box::new(move || {
+                let stats = counted.stats();
+                (stats.live_transfers as u64, stats.live_keys as u64)
+            });
+            Ok((backend, live))
+        }
+        other => Err(Error::BackendUnavailable {
+            backend: "remote",
+            reason: format!("this host cannot run a {other:?} backend"),
+        }),
+    }
+}
+
 fn memory(buffers: Vec<Buffer>) -> Vec<Descriptor<'static>> {
     buffers
         .into_iter()
@@ -34,6 +68,35 @@ fn memory(buffers: Vec<Buffer>) -> Vec<Descriptor<'static>> {
             Buffer::Sized(len) => Descriptor::from_vec(vec![0u8; len as usize]),
         })
         .collect()
+}
+
+/// The backend's registrations of one transfer's memory, as a Connector would hold them while
+/// the operation lives: NIXL moves only registered memory. Deregistered on drop, before the
+/// memory is freed.
+struct Registered {
+    backend: Arc<dyn Backend>,
+    ids: Vec<ferry::core::RegistrationId>,
+}
+
+impl Registered {
+    fn new(backend: &Arc<dyn Backend>, memory: &[Descriptor<'_>]) -> Result<Registered, Error> {
+        let mut registered = Registered {
+            backend: backend.clone(),
+            ids: Vec::with_capacity(memory.len()),
+        };
+        for descriptor in memory {
+            registered.ids.push(backend.register(descriptor.region())?);
+        }
+        Ok(registered)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.ids
+            .drain(..)
+            .for_each(|id| self.backend.deregister(id));
+    }
 }
 
 fn snapshot(event: &Event, lands: bool, memory: &[Descriptor<'_>]) -> Option<Vec<Vec<u8>>> {
@@ -45,7 +108,7 @@ fn snapshot(event: &Event, lands: bool, memory: &[Descriptor<'_>]) -> Option<Vec
 async fn drive(
     op: u64,
     mut transfer: Box<dyn Transfer>,
-    mut memory: Vec<Descriptor<'static>>,
+    memory: &mut [Descriptor<'static>],
     lands: bool,
     out: Out,
     mut control: UnboundedReceiver<Control>,
@@ -59,7 +122,7 @@ async fn drive(
             if let Poll::Ready(c) = control.poll_recv(cx) {
                 return Poll::Ready(Step::Control(c));
             }
-            transfer.poll_event(cx, &mut memory).map(Step::Event)
+            transfer.poll_event(cx, memory).map(Step::Event)
         })
         .await;
         match step {
@@ -68,15 +131,15 @@ async fn drive(
                     event,
                     Event::Completed | Event::PeerCancelled | Event::Failed(_)
                 );
-                let landed = snapshot(&event, lands, &memory);
+                let landed = snapshot(&event, lands, memory);
                 let _ = out.send(Reply::Event { op, event, landed });
                 if terminal {
                     break;
                 }
             }
             Step::Control(Some(Control::Cancel)) => {
-                let event = transfer.cancel(&mut memory);
-                let landed = event.as_ref().and_then(|e| snapshot(e, lands, &memory));
+                let event = transfer.cancel(memory);
+                let landed = event.as_ref().and_then(|e| snapshot(e, lands, memory));
                 let outcome = CancelOutcome::Cancelled(event, landed);
                 let _ = out.send(Reply::CancelResult { op, outcome });
                 break;
@@ -96,7 +159,8 @@ async fn drive(
 }
 
 struct Host {
-    backend: Arc<TcpBackend>,
+    backend: Arc<dyn Backend>,
+    live: LiveCount,
     out: Out,
     peers: Peers,
     controls: HashMap<u64, UnboundedSender<Control>>,
@@ -122,14 +186,21 @@ impl Host {
                 let control = self.start(op);
                 let (backend, out) = (self.backend.clone(), self.out.clone());
                 tokio::spawn(async move {
-                    let memory = memory(buffers);
-                    let exposed = backend.expose(kind, key, &memory, deadline).await;
+                    let mut memory = memory(buffers);
+                    let registered = Registered::new(&backend, &memory);
+                    let exposed = match &registered {
+                        Ok(_) => backend.expose(kind, key, &memory, deadline).await,
+                        Err(e) => Err(e.clone()),
+                    };
                     match exposed {
                         Ok(exposed) => {
-                            let blob = Ok(exposed.endpoint.encode());
-                            let _ = out.send(Reply::Exposed { op, result: blob });
+                            let addrs = memory.iter().map(|d| d.addr()).collect();
+                            let result = Ok((exposed.endpoint.encode(), addrs));
+                            let _ = out.send(Reply::Exposed { op, result });
                             let lands = kind == OperationKind::Write;
-                            drive(op, exposed.transfer, memory, lands, out, control).await;
+                            let transfer = exposed.transfer;
+                            drive(op, transfer, &mut memory, lands, out, control).await;
+                            drop(registered);
                         }
                         Err(e) => {
                             let _ = out.send(Reply::Exposed { op, result: Err(e) });
@@ -172,23 +243,26 @@ impl Host {
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&peer)
                     .cloned();
-                let out = self.out.clone();
+                let (backend, out) = (self.backend.clone(), self.out.clone());
                 tokio::spawn(async move {
                     let mut memory = memory(buffers);
-                    let posted = match (peer, RdmaMetadata::from_json(&metadata)) {
-                        (Some(peer), Ok(metadata)) => {
+                    let registered = Registered::new(&backend, &memory);
+                    let posted = match (peer, RdmaMetadata::from_json(&metadata), &registered) {
+                        (_, _, Err(e)) => Err(e.clone()),
+                        (Some(peer), Ok(metadata), Ok(_)) => {
                             peer.post(kind, &metadata, &mut memory, deadline).await
                         }
-                        (None, _) => Err(Error::PeerLost {
+                        (None, _, _) => Err(Error::PeerLost {
                             reason: "the host has no such peer".into(),
                         }),
-                        (_, Err(e)) => Err(e),
+                        (_, Err(e), _) => Err(e),
                     };
                     match posted {
                         Ok(transfer) => {
                             let _ = out.send(Reply::Posted { op, result: Ok(()) });
                             let lands = kind == OperationKind::Read;
-                            drive(op, transfer, memory, lands, out, control).await;
+                            drive(op, transfer, &mut memory, lands, out, control).await;
+                            drop(registered);
                         }
                         Err(e) => {
                             let _ = out.send(Reply::Posted { op, result: Err(e) });
@@ -212,11 +286,11 @@ impl Host {
                 }
             }
             Command::Live { req } => {
-                let stats = self.backend.stats_handle();
+                let (operations, keys) = (self.live)();
                 let _ = self.out.send(Reply::Live {
                     req,
-                    operations: stats.live_transfers() as u64,
-                    keys: stats.live_keys() as u64,
+                    operations,
+                    keys,
                 });
             }
         }
@@ -225,7 +299,8 @@ impl Host {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let backend = Arc::new(TcpBackend::bind(TcpConfig::default()).await?);
+    let name = std::env::args().nth(1).unwrap_or_else(|| "tcp".into());
+    let started = start(&name).await;
 
     let (out, mut replies) = unbounded_channel::<Reply>();
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
@@ -257,8 +332,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
+    // The host drives every transfer itself, so its operations never wait on their owner's
+    // polls, whatever the backend's own capability says.
+    let ready = started.as_ref().map(|(backend, _)| Capabilities {
+        progress_needs_polling: false,
+        ..backend.capabilities().clone()
+    });
+    let _ = out.send(Reply::Ready {
+        result: ready.map_err(Clone::clone),
+    });
+    let Ok((backend, live)) = started else {
+        // The harness has the reason; stay until it closes the pipe, so the reply is read.
+        while commands.recv().await.is_some() {}
+        std::process::exit(1)
+    };
     let mut host = Host {
         backend,
+        live,
         out,
         peers: Arc::default(),
         controls: HashMap::new(),

@@ -2,19 +2,23 @@
 //! process and backend hosts it spawns.
 //!
 //! A remote Connector's state machines, validation and keys live here, in the test process;
-//! its transport — a real [`TcpBackend`] with its own listener, connections and §9 admission —
-//! runs in a child process (`ferry-backend-host`), driven over a pipe by [`RemoteBackend`].
-//! Every byte between a local and a remote Connector therefore crosses a real TCP connection
-//! between two processes, and [`Harness::crash`] on a remote Connector kills its process with
-//! SIGKILL.
+//! its transport — a real tcp backend with its own listener, connections and §9 admission, or
+//! a NIXL agent of its own ([`HostBackend`]) — runs in a child process (`ferry-backend-host`),
+//! driven over a pipe by [`RemoteBackend`]. Every byte between a local and a remote Connector
+//! therefore crosses a real transport between two processes, and [`Harness::crash`] on a
+//! remote Connector kills its process with SIGKILL.
 //!
 //! ```text
 //!  test process                                   backend host process
 //!  ┌──────────────────────────────┐   pipe        ┌─────────────────────────┐
-//!  │ Connector a ── TcpBackend ◄──┼──── tcp ──────┼──► TcpBackend           │
+//!  │ Connector a ── tcp / nixl ◄──┼── tcp / UCX ──┼──► tcp / nixl           │
 //!  │ Connector b ── RemoteBackend ┼── commands ──►│   (owns b's memory copy)│
 //!  └──────────────────────────────┘◄── events ────└─────────────────────────┘
 //! ```
+//!
+//! The host's first frame is `Ready`, with its backend's capabilities (or why it could not
+//! start); the remote Connector takes them as its own, except that the host polls every
+//! transfer itself, so its operations never need their owner's polls.
 //!
 //! The host holds a copy of the remote Connector's memory: a readable's or a write's bytes go
 //! over the pipe when it is posted, and the bytes a read or a writable received come back only
@@ -34,19 +38,47 @@ use std::time::Duration;
 
 use ferry::core::state::Event;
 use ferry::core::{BoxFuture, Exposed, Peer, RegistrationId, Transfer};
-use ferry::tcp::{TcpBackend, TcpConfig};
 use ferry::{
     Backend, Capabilities, Connector, Descriptor, EndpointBlob, Error, NotificationKey,
     OperationKind, RdmaMetadata, Region,
 };
 use tokio::sync::oneshot;
 
+#[cfg(feature = "nixl")]
+use crate::nixl::NixlHarness;
 use crate::tcp::TcpHarness;
-use crate::{Harness, LiveState, NotifyFault, Options, Skip};
+use crate::{Harness, LiveState, NotifyFault, Options, Skip, Wrap};
 use proto::{Buffer, CancelOutcome, Command, Reply};
 
 /// How long a synchronous question to a host (a cancel, a leak count) may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a host may take to start its backend and say `Ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The waiter number of the host's unasked `Ready`; questions are numbered from 1.
+const READY: u64 = 0;
+
+/// Which backend a backend host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostBackend {
+    /// A [`TcpBackend`] with its defaults.
+    Tcp,
+    /// A NIXL agent (UCX plugin) of its own.
+    #[cfg(feature = "nixl")]
+    Nixl,
+}
+
+impl HostBackend {
+    /// The host's command-line argument naming this backend.
+    pub fn arg(self) -> &'static str {
+        match self {
+            HostBackend::Tcp => "tcp",
+            #[cfg(feature = "nixl")]
+            HostBackend::Nixl => "nixl",
+        }
+    }
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -74,6 +106,126 @@ enum Waiter {
 struct Slot {
     events: VecDeque<(Event, Option<Vec<Vec<u8>>>)>,
     waker: Option<Waker>,
+}
+
+/// Where remote passive operations' memory really is.
+///
+/// The facade writes a passive operation's metadata from the descriptors it was given: here,
+/// the test process's memory, of which the host holds a copy at other addresses. A Connector
+/// in the host would have written the host's addresses. So before any active side posts, the
+/// harness rewrites the addresses in metadata whose key names a live remote passive operation
+/// into the host's, as if the host had written it: an address inside the operation's memory
+/// moves with it, anything else (a forged range, another operation's, a finished operation's
+/// metadata) is left alone, so the backend judges it.
+#[derive(Debug, Default)]
+pub(crate) struct Shadows {
+    live: Mutex<HashMap<NotificationKey, Vec<(Region, u64)>>>,
+}
+
+impl Shadows {
+    /// Records that operation `key`'s memory `here` lives at `there` in a host.
+    fn insert(&self, key: NotificationKey, here: Vec<Region>, there: Vec<u64>) {
+        lock(&self.live).insert(key, here.into_iter().zip(there).collect());
+    }
+
+    fn remove(&self, key: &NotificationKey) {
+        lock(&self.live).remove(key);
+    }
+
+    /// `metadata` with its operation's addresses made the host's, where it is a remote one.
+    pub(crate) fn translate(&self, metadata: &RdmaMetadata) -> RdmaMetadata {
+        let live = lock(&self.live);
+        let mut translated = metadata.clone();
+        let Some(memory) = live.get(&metadata.notification_key) else {
+            return translated;
+        };
+        for descriptor in &mut translated.descriptors {
+            let (ptr, size) = (descriptor.ptr, descriptor.size);
+            // A descriptor as offered first (empty ones included), else one inside an offer.
+            let found = memory
+                .iter()
+                .find(|(here, _)| here.addr == ptr && here.len == size)
+                .or_else(|| {
+                    memory.iter().find(|(here, _)| {
+                        ptr >= here.addr && here.end().is_some_and(|end| ptr < end)
+                    })
+                });
+            if let Some((here, there)) = found {
+                descriptor.ptr = there + (ptr - here.addr);
+            }
+        }
+        translated
+    }
+}
+
+/// A local Connector's backend, with remote passive operations' addresses translated (see
+/// [`Shadows`]) before it posts.
+pub(crate) struct Translating {
+    pub(crate) inner: Arc<dyn Backend>,
+    pub(crate) shadows: Arc<Shadows>,
+}
+
+impl Backend for Translating {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn new_key(&self) -> NotificationKey {
+        self.inner.new_key()
+    }
+
+    fn register(&self, region: Region) -> Result<RegistrationId, Error> {
+        self.inner.register(region)
+    }
+
+    fn deregister(&self, id: RegistrationId) {
+        self.inner.deregister(id)
+    }
+
+    fn expose<'a>(
+        &'a self,
+        kind: OperationKind,
+        key: NotificationKey,
+        local: &'a [Descriptor<'_>],
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Exposed, Error>> {
+        self.inner.expose(kind, key, local, deadline)
+    }
+
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a EndpointBlob,
+    ) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>> {
+        Box::pin(async move {
+            let peer = self.inner.connect(endpoint).await?;
+            Ok(Arc::new(TranslatingPeer {
+                inner: peer,
+                shadows: self.shadows.clone(),
+            }) as Arc<dyn Peer>)
+        })
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+}
+
+struct TranslatingPeer {
+    inner: Arc<dyn Peer>,
+    shadows: Arc<Shadows>,
+}
+
+impl Peer for TranslatingPeer {
+    fn post<'a>(
+        &'a self,
+        kind: OperationKind,
+        remote: &'a RdmaMetadata,
+        local: &'a mut [Descriptor<'_>],
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Box<dyn Transfer>, Error>> {
+        let remote = self.shadows.translate(remote);
+        Box::pin(async move { self.inner.post(kind, &remote, local, deadline).await })
+    }
 }
 
 /// What the pipe reader shares with the rest of the link.
@@ -113,6 +265,7 @@ impl Shared {
             | Reply::Posted { op, .. }
             | Reply::CancelResult { op, .. } => op,
             Reply::Connected { req, .. } | Reply::Live { req, .. } => req,
+            Reply::Ready { .. } => READY,
         };
         match lock(&self.waiters).remove(&id) {
             Some(Waiter::Async(tx)) => {
@@ -150,8 +303,21 @@ struct Link {
 }
 
 impl Link {
-    fn spawn(program: &PathBuf) -> std::io::Result<Arc<Link>> {
-        let mut child = std::process::Command::new(program)
+    /// Starts a host; the receiver gets its `Ready`.
+    fn spawn(
+        program: &PathBuf,
+        backend: HostBackend,
+    ) -> std::io::Result<(Arc<Link>, oneshot::Receiver<Reply>)> {
+        let mut command = std::process::Command::new(program);
+        #[cfg(feature = "nixl")]
+        if backend == HostBackend::Nixl && std::env::var_os("UCX_TLS").is_none() {
+            // As if the host were another machine: UCX reaches it over TCP only, so bytes are
+            // in flight on a wire rather than copied by the kernel in one call (CMA), and a
+            // crash can land mid-transfer.
+            command.env("UCX_TLS", "tcp,self");
+        }
+        let mut child = command
+            .arg(backend.arg())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -162,16 +328,19 @@ impl Link {
             return Err(std::io::Error::other("the backend host has no pipes"));
         };
         let shared = Arc::new(Shared::default());
+        let (ready, readied) = oneshot::channel();
+        lock(&shared.waiters).insert(READY, Waiter::Async(ready));
         let reader = shared.clone();
         std::thread::Builder::new()
             .name("ferry-host-pipe".into())
             .spawn(move || reader.read_loop(stdout))?;
-        Ok(Arc::new(Link {
+        let link = Arc::new(Link {
             child: Mutex::new(child),
             stdin: Mutex::new(BufWriter::with_capacity(1 << 20, stdin)),
             shared,
-            next: AtomicU64::new(1),
-        }))
+            next: AtomicU64::new(READY + 1),
+        });
+        Ok((link, readied))
     }
 
     fn id(&self) -> u64 {
@@ -244,34 +413,43 @@ impl Drop for Link {
     }
 }
 
-/// A [`Backend`] whose transport runs in a backend host process: a tcp backend there, driven
+/// A [`Backend`] whose transport runs in a backend host process (tcp or nixl there), driven
 /// over a pipe. See the module docs.
 pub struct RemoteBackend {
     link: Arc<Link>,
+    shadows: Arc<Shadows>,
     capabilities: Capabilities,
     keys: RandomState,
     registrations: AtomicU64,
 }
 
 impl RemoteBackend {
-    async fn spawn(program: &PathBuf) -> Result<RemoteBackend, Error> {
+    /// Starts a host running `backend` and waits for its `Ready`.
+    async fn spawn(
+        program: &PathBuf,
+        backend: HostBackend,
+        shadows: Arc<Shadows>,
+    ) -> Result<RemoteBackend, Error> {
         let unavailable = |reason: String| Error::BackendUnavailable {
-            backend: "tcp",
+            backend: backend.arg(),
             reason,
         };
-        // The host runs tcp with its defaults, so its capabilities are tcp's, except that the
-        // host polls its transfers itself, as a worker awaiting its operation would.
-        let capabilities = Capabilities {
-            progress_needs_polling: false,
-            ..TcpBackend::bind(TcpConfig::default())
-                .await?
-                .capabilities()
-                .clone()
-        };
-        let link = Link::spawn(program)
+        let (link, ready) = Link::spawn(program, backend)
             .map_err(|e| unavailable(format!("cannot start {}: {e}", program.display())))?;
+        let capabilities = match tokio::time::timeout(READY_TIMEOUT, ready).await {
+            Ok(Ok(Reply::Ready { result })) => result?,
+            Ok(Ok(other)) => return Err(unavailable(format!("the host began with {other:?}"))),
+            Ok(Err(_)) => {
+                let reason = link.shared.dead.get().cloned();
+                return Err(unavailable(
+                    reason.unwrap_or_else(|| "the host exited".into()),
+                ));
+            }
+            Err(_) => return Err(unavailable("the host did not start within 30 s".into())),
+        };
         Ok(RemoteBackend {
             link,
+            shadows,
             capabilities,
             keys: RandomState::new(),
             registrations: AtomicU64::new(1),
@@ -303,12 +481,12 @@ impl Backend for RemoteBackend {
     }
 
     fn register(&self, region: Region) -> Result<RegistrationId, Error> {
-        // The host registers its own copy when it exposes or posts; here, as in tcp, host
-        // memory needs no pinning and the id is bookkeeping.
+        // The host registers its own copy when it exposes or posts; this process's memory is
+        // never lent to the transport, so the id is bookkeeping.
         if !self.capabilities.reaches(region.device) {
             return Err(Error::UnsupportedDevice {
                 device: region.device,
-                backend: "tcp",
+                backend: self.capabilities.backend,
             });
         }
         Ok(RegistrationId(
@@ -333,19 +511,25 @@ impl Backend for RemoteBackend {
             deadline,
             buffers: buffers(local, kind == OperationKind::Read),
         };
+        let here: Vec<Region> = local.iter().map(|d| d.region()).collect();
         Box::pin(async move {
             let slot = self.link.open_slot(op);
-            let blob = match self.link.ask(op, command).await {
+            let exposed = match self.link.ask(op, command).await {
                 Ok(Reply::Exposed { result, .. }) => result,
                 Ok(other) => Err(lost(format!("the backend host answered {other:?}"))),
                 Err(e) => Err(e),
             }
-            .and_then(|blob| EndpointBlob::parse(&blob));
-            match blob {
-                Ok(endpoint) => Ok(Exposed {
-                    endpoint,
-                    transfer: Box::new(RemoteTransfer::new(self.link.clone(), op, slot)),
-                }),
+            .and_then(|(blob, there)| Ok((EndpointBlob::parse(&blob)?, there)));
+            match exposed {
+                Ok((endpoint, there)) => {
+                    let mut transfer = RemoteTransfer::new(self.link.clone(), op, slot);
+                    self.shadows.insert(key, here, there);
+                    transfer.shadow = Some((self.shadows.clone(), key));
+                    Ok(Exposed {
+                        endpoint,
+                        transfer: Box::new(transfer),
+                    })
+                }
                 Err(e) => {
                     self.link.close_slot(op);
                     Err(e)
@@ -367,6 +551,7 @@ impl Backend for RemoteBackend {
             match self.link.ask(req, command).await? {
                 Reply::Connected { result, .. } => Ok(Arc::new(RemotePeer {
                     link: self.link.clone(),
+                    shadows: self.shadows.clone(),
                     peer: result?,
                 }) as Arc<dyn Peer>),
                 other => Err(lost(format!("the backend host answered {other:?}"))),
@@ -381,6 +566,7 @@ impl Backend for RemoteBackend {
 
 struct RemotePeer {
     link: Arc<Link>,
+    shadows: Arc<Shadows>,
     peer: u64,
 }
 
@@ -397,7 +583,7 @@ impl Peer for RemotePeer {
             op,
             peer: self.peer,
             kind,
-            metadata: remote.to_json(),
+            metadata: self.shadows.translate(remote).to_json(),
             deadline,
             buffers: buffers(local, kind == OperationKind::Write),
         };
@@ -428,6 +614,8 @@ struct RemoteTransfer {
     op: u64,
     slot: Arc<Mutex<Slot>>,
     ended: bool,
+    /// For a passive operation: its entry in the address translation, removed when it goes.
+    shadow: Option<(Arc<Shadows>, NotificationKey)>,
 }
 
 /// Copies the bytes the host landed into the operation's memory; an event that cannot be
@@ -459,6 +647,7 @@ impl RemoteTransfer {
             op,
             slot,
             ended: false,
+            shadow: None,
         }
     }
 
@@ -522,6 +711,9 @@ impl Transfer for RemoteTransfer {
 
 impl Drop for RemoteTransfer {
     fn drop(&mut self) {
+        if let Some((shadows, key)) = self.shadow.take() {
+            shadows.remove(&key);
+        }
         self.link.close_slot(self.op);
         if self.link.dead().is_none() {
             let _ = self.link.send(&Command::Drop { op: self.op });
@@ -539,24 +731,61 @@ pub enum Placement {
     FirstRemote,
 }
 
+/// The harness for this process's own Connectors.
+enum Local {
+    Tcp(TcpHarness),
+    #[cfg(feature = "nixl")]
+    Nixl(NixlHarness),
+}
+
+/// Forwards a [`Harness`] call to the local harness, whichever it is.
+macro_rules! local {
+    ($self:expr, $h:ident => $call:expr) => {
+        match &$self.local {
+            Local::Tcp($h) => $call,
+            #[cfg(feature = "nixl")]
+            Local::Nixl($h) => $call,
+        }
+    };
+}
+
 /// The suite across processes: Connectors alternate between this process and backend host
-/// processes (one per remote Connector), all on tcp.
+/// processes (one per remote Connector), all on one backend.
 pub struct ProcessHarness {
     host: PathBuf,
+    backend: HostBackend,
     placement: Placement,
-    local: TcpHarness,
+    local: Local,
+    shadows: Arc<Shadows>,
     made: AtomicUsize,
     remotes: Mutex<HashMap<String, Arc<Link>>>,
     crashed: Mutex<Vec<Arc<Link>>>,
 }
 
 impl ProcessHarness {
-    /// A harness spawning `host` (the `ferry-backend-host` binary) for its remote Connectors.
+    /// A tcp harness spawning `host` (the `ferry-backend-host` binary) for its remote
+    /// Connectors.
     pub fn new(host: impl Into<PathBuf>, placement: Placement) -> Self {
+        Self::with_backend(host, HostBackend::Tcp, placement)
+    }
+
+    /// A harness on `backend`, in this process and in the hosts it spawns.
+    pub fn with_backend(
+        host: impl Into<PathBuf>,
+        backend: HostBackend,
+        placement: Placement,
+    ) -> Self {
+        let local = match backend {
+            HostBackend::Tcp => Local::Tcp(TcpHarness::new()),
+            #[cfg(feature = "nixl")]
+            HostBackend::Nixl => Local::Nixl(NixlHarness::new()),
+        };
         ProcessHarness {
             host: host.into(),
+            backend,
             placement,
-            local: TcpHarness::new(),
+            local,
+            shadows: Arc::default(),
             made: AtomicUsize::new(0),
             remotes: Mutex::new(HashMap::new()),
             crashed: Mutex::new(Vec::new()),
@@ -565,6 +794,10 @@ impl ProcessHarness {
 }
 
 impl Harness for ProcessHarness {
+    fn available(&self) -> Result<(), Skip> {
+        local!(self, h => h.available())
+    }
+
     async fn connector(&self, options: Options) -> Connector {
         let n = self.made.fetch_add(1, Ordering::Relaxed);
         let remote = match self.placement {
@@ -572,9 +805,19 @@ impl Harness for ProcessHarness {
             Placement::FirstRemote => n % 2 == 0,
         };
         if !remote {
-            return self.local.connector(options).await;
+            let shadows = self.shadows.clone();
+            let options = Options {
+                wrap: Some(Wrap(Arc::new(move |inner| {
+                    Arc::new(Translating {
+                        inner,
+                        shadows: shadows.clone(),
+                    })
+                }))),
+                ..options
+            };
+            return local!(self, h => h.connector(options).await);
         }
-        let backend = RemoteBackend::spawn(&self.host)
+        let backend = RemoteBackend::spawn(&self.host, self.backend, self.shadows.clone())
             .await
             .expect("the backend host starts");
         let link = backend.link.clone();
@@ -592,7 +835,7 @@ impl Harness for ProcessHarness {
                 lock(&self.crashed).push(link);
                 Ok(())
             }
-            None => self.local.crash(connector),
+            None => local!(self, h => h.crash(connector)),
         }
     }
 
@@ -603,15 +846,15 @@ impl Harness for ProcessHarness {
         fault: NotifyFault,
         count: u32,
     ) -> Result<(), Skip> {
-        self.local.fault_notifications(from, to, fault, count)
+        local!(self, h => h.fault_notifications(from, to, fault, count))
     }
 
     fn partition(&self, a: &Connector, b: &Connector) -> Result<(), Skip> {
-        self.local.partition(a, b)
+        local!(self, h => h.partition(a, b))
     }
 
     fn live_state(&self) -> Result<LiveState, Skip> {
-        let mut state = self.local.live_state()?;
+        let mut state = local!(self, h => h.live_state())?;
         let links: Vec<Arc<Link>> = lock(&self.remotes).values().cloned().collect();
         for link in &links {
             let req = link.id();

@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use ferry::core::state::Event;
-use ferry::{Error, NotificationKey, OperationKind, Side};
+use ferry::{Capabilities, DeviceKind, Error, NotificationKey, OperationKind, Side};
 
 /// The largest frame either end accepts (a whole conformance transfer fits well inside).
 pub const MAX_FRAME: usize = 1 << 30;
@@ -95,12 +95,13 @@ pub enum CancelOutcome {
 /// What the host tells the harness.
 #[derive(Debug)]
 pub enum Reply {
-    /// An `Expose` finished: the endpoint blob, or why not.
+    /// An `Expose` finished: the endpoint blob and where the host's copy of each descriptor
+    /// lives, or why not.
     Exposed {
         /// The transfer.
         op: u64,
-        /// The endpoint blob's text.
-        result: Result<String, Error>,
+        /// The endpoint blob's text, and each descriptor's address in the host.
+        result: Result<(String, Vec<u64>), Error>,
     },
     /// A `Connect` finished: the peer's number.
     Connected {
@@ -141,6 +142,23 @@ pub enum Reply {
         /// Keys it still accepts.
         keys: u64,
     },
+    /// The host's first frame, unasked: its backend started, with these capabilities, or why
+    /// it could not.
+    Ready {
+        /// The backend's capabilities as the host sees them.
+        result: Result<Capabilities, Error>,
+    },
+}
+
+/// The `&'static str` a backend's name maps to, for names that cross the pipe.
+fn backend_name(name: &str) -> &'static str {
+    match name {
+        "sim" => "sim",
+        "tcp" => "tcp",
+        "ucx" => "ucx",
+        "nixl" => "nixl",
+        _ => "remote",
+    }
 }
 
 fn bad(what: &str) -> io::Error {
@@ -212,15 +230,47 @@ impl Out {
             Error::DeadlineExceeded => self.u8(6).u8(0).text(""),
             Error::InvalidMetadata { reason } => self.u8(7).u8(0).text(reason),
             Error::Backend {
+                backend,
                 side: s,
                 code,
                 message,
-                ..
-            } => self.u8(8).u8(side(s)).u64(*code as u64).text(message),
+            } => self
+                .u8(8)
+                .u8(side(s))
+                .text(backend)
+                .u64(*code as u64)
+                .text(message),
+            Error::BackendUnavailable { backend, reason } => {
+                self.u8(9).u8(0).text(backend).text(reason)
+            }
             // Caller errors are raised by the facade before a backend is called; anything
             // else travels as a backend error carrying its text.
-            other => self.u8(8).u8(0).u64(u64::MAX).text(&other.to_string()),
+            other => self
+                .u8(8)
+                .u8(0)
+                .text("remote")
+                .u64(u64::MAX)
+                .text(&other.to_string()),
         }
+    }
+    fn capabilities(&mut self, c: &Capabilities) -> &mut Self {
+        self.text(c.backend).u64(c.devices.len() as u64);
+        for device in &c.devices {
+            self.u8(match device {
+                DeviceKind::Host => 0,
+                DeviceKind::Cuda => 1,
+            });
+        }
+        for flag in [
+            c.passive_observes_start,
+            c.passive_observes_peer_loss,
+            c.enforces_revocation,
+            c.cross_host,
+            c.progress_needs_polling,
+        ] {
+            self.u8(flag as u8);
+        }
+        self
     }
     fn event(&mut self, event: &Event) -> &mut Self {
         match event {
@@ -343,12 +393,38 @@ impl In<'_> {
                 reason: self.text()?,
             },
             8 => Error::Backend {
-                backend: "tcp",
+                backend: backend_name(&self.text()?),
                 side,
                 code: self.u64()? as i64,
                 message: self.text()?,
             },
+            9 => Error::BackendUnavailable {
+                backend: backend_name(&self.text()?),
+                reason: self.text()?,
+            },
             _ => return Err(bad("error code")),
+        })
+    }
+    fn capabilities(&mut self) -> io::Result<Capabilities> {
+        let backend = backend_name(&self.text()?);
+        let count = self.len()?;
+        let mut devices = Vec::with_capacity(count.min(4));
+        for _ in 0..count {
+            devices.push(match self.u8()? {
+                0 => DeviceKind::Host,
+                1 => DeviceKind::Cuda,
+                _ => return Err(bad("device kind")),
+            });
+        }
+        let mut flag = || -> io::Result<bool> { Ok(self.u8()? != 0) };
+        Ok(Capabilities {
+            backend,
+            devices,
+            passive_observes_start: flag()?,
+            passive_observes_peer_loss: flag()?,
+            enforces_revocation: flag()?,
+            cross_host: flag()?,
+            progress_needs_polling: flag()?,
         })
     }
     fn event(&mut self) -> io::Result<Event> {
@@ -482,8 +558,11 @@ impl Reply {
         let tag = match self {
             Reply::Exposed { op, result: r } => {
                 out.u64(*op);
-                result(&mut out, r, |o, blob| {
-                    o.text(blob);
+                result(&mut out, r, |o, (blob, addrs)| {
+                    o.text(blob).u64(addrs.len() as u64);
+                    addrs.iter().for_each(|a| {
+                        o.u64(*a);
+                    });
                 });
                 1
             }
@@ -526,6 +605,12 @@ impl Reply {
                 out.u64(*req).u64(*operations).u64(*keys);
                 6
             }
+            Reply::Ready { result: r } => {
+                result(&mut out, r, |o, capabilities| {
+                    o.capabilities(capabilities);
+                });
+                7
+            }
         };
         frame(tag, out)
     }
@@ -536,7 +621,15 @@ impl Reply {
         Ok(match tag {
             1 => Reply::Exposed {
                 op: i.u64()?,
-                result: i.result(In::text)?,
+                result: i.result(|i| {
+                    let blob = i.text()?;
+                    let count = i.len()?;
+                    let mut addrs = Vec::with_capacity(count.min(4096));
+                    for _ in 0..count {
+                        addrs.push(i.u64()?);
+                    }
+                    Ok((blob, addrs))
+                })?,
             },
             2 => Reply::Connected {
                 req: i.u64()?,
@@ -563,6 +656,9 @@ impl Reply {
                 req: i.u64()?,
                 operations: i.u64()?,
                 keys: i.u64()?,
+            },
+            7 => Reply::Ready {
+                result: i.result(In::capabilities)?,
             },
             _ => return Err(bad("reply tag")),
         })
@@ -643,6 +739,36 @@ mod tests {
                 req: 4,
                 result: Err(Error::PeerLost {
                     reason: "gone".into(),
+                }),
+            },
+            Reply::Posted {
+                op: 5,
+                result: Err(Error::Backend {
+                    backend: "nixl",
+                    side: Side::Local,
+                    code: -3,
+                    message: "NIXL_ERR_BACKEND".into(),
+                }),
+            },
+            Reply::Exposed {
+                op: 6,
+                result: Ok(("b64:eJw=".into(), vec![0x7f00_0000_1000, 0x7f00_0000_2000])),
+            },
+            Reply::Ready {
+                result: Ok(Capabilities {
+                    backend: "nixl",
+                    devices: vec![DeviceKind::Host, DeviceKind::Cuda],
+                    passive_observes_start: false,
+                    passive_observes_peer_loss: true,
+                    enforces_revocation: false,
+                    cross_host: true,
+                    progress_needs_polling: false,
+                }),
+            },
+            Reply::Ready {
+                result: Err(Error::BackendUnavailable {
+                    backend: "nixl",
+                    reason: "no libnixl_capi.so".into(),
                 }),
             },
         ];

@@ -13,7 +13,12 @@ pub async fn peer_loss_active_sees_passive_crash<H: Harness>(h: H) -> Outcome {
     let source = pattern(32 << 20, 70);
     let mut landing = vec![0u8; 32 << 20];
     let (readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
-    h.crash(&a)?;
+    if let Err(skip) = h.crash(&a) {
+        // Nothing may be left in flight over memory about to be freed: a transport that
+        // cannot revoke access (NIXL over UCX's software RMA) would still serve the read.
+        let _ = read.wait_for_completion().await;
+        return Err(skip);
+    }
     let outcome = read.wait_for_completion().await;
     assert!(
         matches!(outcome, Err(Error::PeerLost { .. })),
