@@ -191,6 +191,101 @@ struct Peers {
     tick: u64,
     /// Compressed blob → (remote agent name, last use).
     loaded: HashMap<Vec<u8>, (String, u64)>,
+    /// Remote agent loaded in NIXL → what holds it there.
+    agents: HashMap<String, Holders>,
+}
+
+/// What keeps a remote agent loaded: its cached blobs, and the peers and transfers using it.
+/// When both are gone its metadata is unloaded (`invalidate_remote_md`), so the agents a
+/// long-lived worker keeps are bounded by the blob cache plus those in use.
+#[derive(Debug, Default)]
+struct Holders {
+    blobs: usize,
+    users: usize,
+}
+
+impl Peers {
+    /// Counts a cached blob of `agent`.
+    fn add_blob(&mut self, agent: &str) {
+        self.agents.entry(agent.to_owned()).or_default().blobs += 1;
+    }
+
+    /// Forgets cached blobs matching `unwanted`; returns the agents nothing holds any more.
+    fn drop_blobs(&mut self, mut unwanted: impl FnMut(&str, u64) -> bool) -> Vec<String> {
+        let mut released = Vec::new();
+        let agents = &mut self.agents;
+        self.loaded.retain(|_, (name, used)| {
+            if !unwanted(name, *used) {
+                return true;
+            }
+            if let Some(holders) = agents.get_mut(name.as_str()) {
+                holders.blobs = holders.blobs.saturating_sub(1);
+                released.push(name.clone());
+            }
+            false
+        });
+        released.retain(|name| self.unheld(name));
+        released.dedup();
+        released
+    }
+
+    /// Whether nothing holds `agent` any more; forgets it if so.
+    fn unheld(&mut self, agent: &str) -> bool {
+        match self.agents.get(agent) {
+            Some(holders) if holders.blobs == 0 && holders.users == 0 => {
+                self.agents.remove(agent);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Unloads remote agents nothing holds any more (never `local` itself); called with the peers
+/// lock held.
+fn unload(local: &Agent, agents: &[String]) {
+    let own = local.name();
+    for agent in agents.iter().filter(|a| **a != own) {
+        if let Err(e) = local.invalidate_remote_md(agent) {
+            tracing::debug!(%agent, "unloading a remote agent's metadata: {e}");
+        }
+    }
+}
+
+/// A use of a loaded remote agent, by a peer or a transfer: the agent stays loaded while one
+/// lives.
+struct AgentRef {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl AgentRef {
+    fn new(shared: Arc<Shared>, name: String) -> AgentRef {
+        lock(&shared.peers)
+            .agents
+            .entry(name.clone())
+            .or_default()
+            .users += 1;
+        AgentRef { shared, name }
+    }
+}
+
+impl Clone for AgentRef {
+    fn clone(&self) -> AgentRef {
+        AgentRef::new(self.shared.clone(), self.name.clone())
+    }
+}
+
+impl Drop for AgentRef {
+    fn drop(&mut self) {
+        let mut peers = lock(&self.shared.peers);
+        if let Some(holders) = peers.agents.get_mut(&self.name) {
+            holders.users = holders.users.saturating_sub(1);
+        }
+        if peers.unheld(&self.name) {
+            unload(&self.shared.agent, std::slice::from_ref(&self.name));
+        }
+    }
 }
 
 struct Shared {
@@ -264,6 +359,7 @@ impl NixlBackend {
                 capacity: config.peer_cache.max(1),
                 tick: 0,
                 loaded: HashMap::new(),
+                agents: HashMap::new(),
             }),
             entropy: Mutex::new(Entropy { source: entropy }),
         });
@@ -284,13 +380,18 @@ impl NixlBackend {
 
     /// What the backend holds now.
     pub fn stats(&self) -> NixlStats {
+        let (loaded_peers, remote_agents) = {
+            let peers = lock(&self.shared.peers);
+            (peers.loaded.len(), peers.agents.len())
+        };
         let state = self.shared.progress.lock();
         NixlStats {
             live_keys: state.passive.len(),
             live_transfers: state.active.len(),
             unmatched_notifications: state.unmatched,
             registrations: lock(&self.shared.registrations).len(),
-            loaded_peers: lock(&self.shared.peers).loaded.len(),
+            loaded_peers,
+            remote_agents,
         }
     }
 }
@@ -308,6 +409,8 @@ pub struct NixlStats {
     pub registrations: usize,
     /// Distinct remote metadata blobs loaded.
     pub loaded_peers: usize,
+    /// Remote agents loaded in NIXL: those with a cached blob or in use.
+    pub remote_agents: usize,
 }
 
 impl Drop for NixlBackend {
@@ -347,9 +450,14 @@ impl Shared {
             // load an agent's own metadata (it transfers locally under its own name instead).
             let mut peers = lock(&self.peers);
             let tick = peers.tick;
-            peers
+            let own = self.agent.name();
+            if peers
                 .loaded
-                .insert(compressed.clone(), (self.agent.name(), tick));
+                .insert(compressed.clone(), (own.clone(), tick))
+                .is_none()
+            {
+                peers.add_blob(&own);
+            }
         }
         let blob = EndpointBlob::Nixl { compressed };
         *cached = Some((generation, blob.clone()));
@@ -359,21 +467,22 @@ impl Shared {
     /// Forgets every blob of `agent`, so the next operation against it loads its metadata and
     /// connects again.
     fn forget(&self, agent: &str) {
-        lock(&self.peers)
-            .loaded
-            .retain(|_, (name, _)| name != agent);
+        let mut peers = lock(&self.peers);
+        let released = peers.drop_blobs(|name, _| name == agent);
+        unload(&self.agent, &released);
     }
 
     /// The remote agent a blob names, loading its metadata unless this exact blob is loaded.
+    ///
+    /// Loads and unloads happen under the peers lock, so an agent is never unloaded between
+    /// another thread's load of it and that load's entry in the cache.
     fn remote_agent(&self, compressed: &[u8]) -> Result<String, Error> {
-        {
-            let mut peers = lock(&self.peers);
-            peers.tick += 1;
-            let tick = peers.tick;
-            if let Some((name, used)) = peers.loaded.get_mut(compressed) {
-                *used = tick;
-                return Ok(name.clone());
-            }
+        let mut peers = lock(&self.peers);
+        peers.tick += 1;
+        let tick = peers.tick;
+        if let Some((name, used)) = peers.loaded.get_mut(compressed) {
+            *used = tick;
+            return Ok(name.clone());
         }
         let mut metadata = Vec::new();
         flate2::read::ZlibDecoder::new(compressed)
@@ -397,23 +506,20 @@ impl Shared {
                 reason: format!("NIXL refused the agent metadata: {other}"),
             },
         })?;
-        let mut peers = lock(&self.peers);
+        let mut released = Vec::new();
         if peers.loaded.len() >= peers.capacity {
-            // Forget the least recently used blob; its agent stays loaded in NIXL (a newer
-            // blob of the same agent replaces its metadata there).
-            if let Some(oldest) = peers
-                .loaded
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(blob, _)| blob.clone())
-            {
-                peers.loaded.remove(&oldest);
+            // Forget the least recently used blob; its agent is unloaded once nothing else
+            // holds it (a newer blob of the same agent replaces its metadata).
+            if let Some(oldest) = peers.loaded.values().map(|(_, used)| *used).min() {
+                released = peers.drop_blobs(|_, used| used == oldest);
             }
         }
-        let tick = peers.tick;
         peers
             .loaded
             .insert(compressed.to_vec(), (name.clone(), tick));
+        peers.add_blob(&name);
+        released.retain(|agent| *agent != name);
+        unload(&self.agent, &released);
         Ok(name)
     }
 }
@@ -505,7 +611,7 @@ impl ferry_core::Backend for NixlBackend {
                 self.shared.remote_agent(compressed).map(|agent| {
                     Arc::new(NixlPeer {
                         shared: self.shared.clone(),
-                        agent,
+                        agent: AgentRef::new(self.shared.clone(), agent),
                     }) as Arc<dyn Peer>
                 })
             }
@@ -586,7 +692,7 @@ impl Drop for PassiveTransfer {
 /// A connected remote agent.
 struct NixlPeer {
     shared: Arc<Shared>,
-    agent: String,
+    agent: AgentRef,
 }
 
 fn descriptor_list<'d>(
@@ -624,13 +730,16 @@ impl NixlPeer {
         };
         let agent = &self.shared.agent;
         let request = agent
-            .create_xfer_req(op, &local_list, &remote_list, &self.agent, Some(&args))
+            .create_xfer_req(op, &local_list, &remote_list, &self.agent.name, Some(&args))
             .map_err(|e| match e {
                 // The remote regions are not in the agent metadata we hold: the peer never
                 // offered them.
                 NixlError::InvalidParam | NixlError::NotFound => Error::AccessDenied {
                     side: Side::Local,
-                    reason: format!("NIXL cannot map the remote regions of {}: {e}", self.agent),
+                    reason: format!(
+                        "NIXL cannot map the remote regions of {}: {e}",
+                        self.agent.name
+                    ),
                 },
                 other => backend_error(other, Side::Local, "create_xfer_req"),
             })?;
@@ -668,7 +777,7 @@ struct ActiveTransfer {
     shared: Arc<Shared>,
     request: SharedRequest,
     id: u64,
-    remote_agent: String,
+    remote_agent: AgentRef,
     key: NotificationKey,
     ended: bool,
 }
@@ -700,18 +809,18 @@ impl ActiveTransfer {
             return done;
         }
         tracing::warn!(
-            peer = %self.remote_agent,
+            peer = %self.remote_agent.name,
             "a cancelled NIXL transfer did not finish within {DRAIN:?}; disconnecting the peer"
         );
-        let _ = agent.invalidate_remote_md(&self.remote_agent);
-        self.shared.forget(&self.remote_agent);
+        let _ = agent.invalidate_remote_md(&self.remote_agent.name);
+        self.shared.forget(&self.remote_agent.name);
         if let Some(done) = settled(CUT_OFF) {
             return done;
         }
         // UCX still owns memory the caller is about to free; going on would let it write into
         // whatever reuses that memory. Nothing safe is left.
         tracing::error!(
-            peer = %self.remote_agent,
+            peer = %self.remote_agent.name,
             "UCX kept a cancelled transfer after its peer was disconnected; aborting"
         );
         std::process::abort()
@@ -770,7 +879,7 @@ impl Transfer for ActiveTransfer {
         }
         drop(request);
         let _ = self.shared.agent.send_notification(
-            &self.remote_agent,
+            &self.remote_agent.name,
             &self.key.cancel_message(),
             None,
         );
@@ -787,5 +896,7 @@ impl Drop for ActiveTransfer {
             let _ = Transfer::cancel(self, &mut []);
         }
         self.shared.progress.lock().active.remove(&self.id);
+        // Released before the agent reference, which may unload the remote agent.
+        drop(lock(&self.request).take());
     }
 }

@@ -1,0 +1,77 @@
+//! A nixl Connector keeps a bounded set of remote agents loaded: each is loaded once while a
+//! blob of its metadata is cached or an operation uses it, and unloaded (NIXL's
+//! `invalidate_remote_md`) when neither holds it. Before, an agent stayed loaded in NIXL after
+//! its blob left the cache, so a long-lived worker meeting ever new peers kept them all.
+#![cfg(feature = "nixl")]
+
+use std::sync::Arc;
+
+use ferry::nixl::{NixlBackend, NixlConfig};
+use ferry::{Connector, Descriptor};
+
+async fn connector(name: &str, peer_cache: usize) -> (Connector, Arc<NixlBackend>) {
+    let config = NixlConfig {
+        peer_cache,
+        ..NixlConfig::named(format!("{name}-{}-1", std::process::id()))
+    };
+    let backend = Arc::new(NixlBackend::new(config).expect("a NIXL agent"));
+    let connector = Connector::builder()
+        .worker_id(name)
+        .backend_arc(backend.clone())
+        .build()
+        .await
+        .expect("a nixl Connector");
+    (connector, backend)
+}
+
+async fn read_from(reader: &Connector, owner: &Connector, seed: u64) {
+    let source = ferry::demo::pattern(4096, seed);
+    let mut landing = vec![0u8; 4096];
+    let mut readable = owner
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    let mut read = reader
+        .begin_read(
+            readable.metadata(),
+            [Descriptor::from_mut_slice(&mut landing)],
+        )
+        .await
+        .expect("begin_read");
+    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
+    r.expect("read");
+    p.expect("readable");
+    drop(read);
+    assert_eq!(landing, source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_agents_are_bounded_by_the_cache_and_reused() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (reader, backend) = connector("reader", 2).await;
+    let mut owners = Vec::new();
+    for i in 0..4 {
+        owners.push(connector(&format!("owner{i}"), 256).await);
+    }
+
+    // One agent, however many of its blobs (each registration changes its metadata).
+    read_from(&reader, &owners[0].0, 1).await;
+    read_from(&reader, &owners[0].0, 2).await;
+    let stats = backend.stats();
+    assert_eq!(stats.remote_agents, 1, "{stats:?}");
+
+    for (i, (owner, _)) in owners.iter().enumerate() {
+        read_from(&reader, owner, 10 + i as u64).await;
+        let stats = backend.stats();
+        assert!(stats.loaded_peers <= 2, "{stats:?}");
+        assert!(stats.remote_agents <= 2, "{stats:?}");
+    }
+
+    // An agent whose blob left the cache was unloaded; meeting it again loads it again.
+    read_from(&reader, &owners[0].0, 20).await;
+    let stats = backend.stats();
+    assert!(stats.remote_agents <= 2, "{stats:?}");
+}
