@@ -4,10 +4,12 @@
 //! its blob left the cache, so a long-lived worker meeting ever new peers kept them all.
 #![cfg(feature = "nixl")]
 
+mod common;
+
 use std::sync::Arc;
 
 use ferry::nixl::{NixlBackend, NixlConfig};
-use ferry::{Connector, Descriptor};
+use ferry::Connector;
 
 async fn connector(name: &str, peer_cache: usize) -> (Connector, Arc<NixlBackend>) {
     let config = NixlConfig {
@@ -24,27 +26,6 @@ async fn connector(name: &str, peer_cache: usize) -> (Connector, Arc<NixlBackend
     (connector, backend)
 }
 
-async fn read_from(reader: &Connector, owner: &Connector, seed: u64) {
-    let source = ferry::demo::pattern(4096, seed);
-    let mut landing = vec![0u8; 4096];
-    let mut readable = owner
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
-    let mut read = reader
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin_read");
-    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
-    r.expect("read");
-    p.expect("readable");
-    drop(read);
-    assert_eq!(landing, source);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_agents_are_bounded_by_the_cache_and_reused() {
     if let Err(reason) = ferry::nixl::available(None) {
@@ -58,20 +39,20 @@ async fn remote_agents_are_bounded_by_the_cache_and_reused() {
     }
 
     // One agent, however many of its blobs (each registration changes its metadata).
-    read_from(&reader, &owners[0].0, 1).await;
-    read_from(&reader, &owners[0].0, 2).await;
+    common::read_cycle(&reader, &owners[0].0, 1).await;
+    common::read_cycle(&reader, &owners[0].0, 2).await;
     let stats = backend.stats();
     assert_eq!(stats.remote_agents, 1, "{stats:?}");
 
     for (i, (owner, _)) in owners.iter().enumerate() {
-        read_from(&reader, owner, 10 + i as u64).await;
+        common::read_cycle(&reader, owner, 10 + i as u64).await;
         let stats = backend.stats();
         assert!(stats.loaded_peers <= 2, "{stats:?}");
         assert!(stats.remote_agents <= 2, "{stats:?}");
     }
 
     // An agent whose blob left the cache was unloaded; meeting it again loads it again.
-    read_from(&reader, &owners[0].0, 20).await;
+    common::read_cycle(&reader, &owners[0].0, 20).await;
     let stats = backend.stats();
     assert!(stats.remote_agents <= 2, "{stats:?}");
 }

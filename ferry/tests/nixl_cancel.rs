@@ -9,6 +9,8 @@
 //! where shared-memory transports would finish them inside the post.
 #![cfg(feature = "nixl")]
 
+mod common;
+
 use ferry::nixl::{NixlBackend, NixlConfig};
 use ferry::{Connector, Descriptor, OperationStatus};
 
@@ -29,24 +31,7 @@ async fn connector(name: &str) -> Connector {
 /// cancelled operation's, on the same connection, so when it completes, every late reply of
 /// the cancelled one would have landed too.
 async fn flush(from: &Connector, to: &Connector) {
-    let source = vec![7u8; 4096];
-    let mut landing = vec![0u8; 4096];
-    let mut readable = from
-        .create_readable([Descriptor::from_slice(&source)])
-        .await
-        .expect("readable");
-    let mut read = to
-        .begin_read(
-            readable.metadata(),
-            [Descriptor::from_mut_slice(&mut landing)],
-        )
-        .await
-        .expect("begin_read");
-    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
-    r.expect("read");
-    p.expect("readable");
-    drop(read);
-    assert_eq!(landing, source);
+    common::read_cycle(to, from, 7).await;
 }
 
 fn unavailable() -> bool {
