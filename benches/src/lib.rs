@@ -29,7 +29,8 @@
 //! every program shares), [`clock`] (dates, and the system clock both processes share),
 //! [`baseline`] (iperf3 and a bare tokio ping-pong), [`report`] (the markdown table and the
 //! JSON file), [`join`] (awaiting several operations at once, for batches in flight), and one
-//! module per backend: [`tcp`] (ferry-bench-tcp).
+//! module per backend: [`tcp`] (ferry-bench-tcp) and [`nixl`] (ferry-bench-nixl: ferry's nixl
+//! backend beside a raw nixl-sys loop in the same two processes).
 
 #![forbid(unsafe_code)]
 
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod clock;
 pub mod join;
 pub mod lines;
+pub mod nixl;
 pub mod peer;
 pub mod report;
 pub mod stats;

@@ -260,27 +260,66 @@ pub async fn complete_all<K: Send>(ops: &mut [Operation<'_, K>]) -> Result<(), f
     join_all(waits).await.into_iter().collect()
 }
 
-/// Begins the active operation matching `direction` over `buffer` against a peer's
-/// `metadata` (`begin_read` or `begin_write`) and awaits it, for at most `limit`. Returns the
-/// time from just before the begin until `wait_for_completion` returned `Ok`.
+/// The local memory of an active operation.
+#[derive(Debug)]
+pub enum Local<'a> {
+    /// Where a read lands.
+    Landing(&'a mut [u8]),
+    /// What a write sends.
+    Source(&'a [u8]),
+}
+
+impl<'a> Local<'a> {
+    /// `buffer` as the local memory of an operation in `direction`.
+    pub fn of(direction: Direction, buffer: &'a mut [u8]) -> Local<'a> {
+        match direction {
+            Direction::Read => Local::Landing(buffer),
+            Direction::Write => Local::Source(buffer),
+        }
+    }
+
+    /// The direction of the operation it serves.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Local::Landing(_) => Direction::Read,
+            Local::Source(_) => Direction::Write,
+        }
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Local::Landing(bytes) => bytes.len(),
+            Local::Source(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Begins the active operation over `local` against a peer's `metadata` (`begin_read` into a
+/// landing, `begin_write` from a source) and awaits it, for at most `limit`. Returns the time
+/// from just before the begin until `wait_for_completion` returned `Ok`.
 pub async fn transfer_against(
     connector: &Connector,
     metadata: &RdmaMetadata,
-    direction: Direction,
-    buffer: &mut [u8],
+    local: Local<'_>,
     limit: Duration,
 ) -> Result<Duration> {
-    let size = buffer.len();
+    let (size, direction) = (local.len(), local.direction());
     let timed = async {
         let start = Instant::now();
-        match direction {
-            Direction::Read => {
+        match local {
+            Local::Landing(buffer) => {
                 let mut op = connector
                     .begin_read(metadata, [Descriptor::from_mut_slice(buffer)])
                     .await?;
                 op.wait_for_completion().await?;
             }
-            Direction::Write => {
+            Local::Source(buffer) => {
                 let mut op = connector
                     .begin_write([Descriptor::from_slice(buffer)], metadata)
                     .await?;

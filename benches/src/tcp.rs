@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::lines::{Closed, JsonLines};
 use crate::peer::{
-    complete_all, expose_and_await, serve_passive, transfer_against, PeerBuffer, PeerProcess,
+    complete_all, expose_and_await, serve_passive, transfer_against, Local, PeerBuffer, PeerProcess,
 };
 use crate::stats::{IterationPlan, Summary};
 use crate::{baseline, checksum, operation_limit, Result};
@@ -330,7 +330,8 @@ async fn transfer(
         .send(&json!({"op": direction.passive(), "size": size, "verify": verify}))
         .await?;
     let metadata = peer.process.recv_metadata(size, limit).await?;
-    let elapsed = transfer_against(connector, &metadata, direction, buffer, limit).await?;
+    let local = Local::of(direction, buffer);
+    let elapsed = transfer_against(connector, &metadata, local, limit).await?;
     let done = peer.process.recv_done(direction.passive(), limit).await?;
     Ok((elapsed, done))
 }

@@ -1,0 +1,76 @@
+//! The nixl benchmark end to end, tiny: two processes, the raw loop and both ferry paths, the
+//! cycle, the table and the JSON. Prints `skipped: <reason>` where NIXL cannot be loaded
+//! (scripts/install-nixl.sh installs it).
+
+use std::process::Command;
+
+#[test]
+fn tiny_run_prints_table_and_json() {
+    // ferry_backend_nixl::available, through the facade's re-export.
+    if let Err(why) = ferry::nixl::available(None) {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ferry-bench-nixl-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("nixl.json");
+    let markdown = dir.join("nixl.md");
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench-nixl"))
+        .args([
+            "--sizes",
+            "4K,1M",
+            "--seconds",
+            "0",
+            "--min-iterations",
+            "2",
+            "--rounds",
+            "2",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&markdown)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for row in [
+        "| 4 KiB | read | raw nixl-sys | 2 |",
+        "| 4 KiB | read | ferry | 2 |",
+        "| 4 KiB | write | ferry, cached registrations | 2 |",
+        "| 1 MiB | write | raw nixl-sys | 2 |",
+        "| 1 MiB | write | ferry | 2 |",
+        "| ferry: create_readable (peer) + begin_read, both complete | 1 MiB | 2 |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing from\n{stdout}");
+    }
+    assert!(stdout.contains("≤ 5 µs added"), "{stdout}");
+    assert!(stdout.contains("≥ 0.95 × raw"), "{stdout}");
+    assert!(stdout.contains("pending"), "{stdout}");
+
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = figures["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r["verified"] == true));
+    let paths: Vec<&str> = rows.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(&paths[..3], ["raw", "ferry", "ferry-cached"]);
+    for row in rows.iter().filter(|r| r["path"] != "raw") {
+        assert!(row["throughput_vs_raw"].as_f64().is_some(), "{row}");
+        assert!(row["added_us_vs_raw_p50"].as_f64().is_some(), "{row}");
+        let active = row["active_side"]["p50_us"].as_f64().unwrap();
+        let both = row["both_sides"]["p50_us"].as_f64().unwrap();
+        assert!(active > 0.0 && both > 0.0, "{row}");
+    }
+    assert_eq!(figures["cycle"]["verified"], true);
+    assert_eq!(figures["cycle"]["both_sides"]["iterations"], 2);
+    assert!(figures["dynamo_cycle"].is_null());
+
+    let md = std::fs::read_to_string(&markdown).unwrap();
+    assert!(
+        md.contains("- command: `") && md.contains("--sizes 4K,1M"),
+        "{md}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
