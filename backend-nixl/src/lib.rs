@@ -30,11 +30,13 @@
 //!
 //! # Progress
 //! The agent runs without NIXL's progress thread (nixl-sys's default spins a whole core).
-//! One ferry thread per backend polls notifications and posted transfers, spinning only while a
-//! transfer is in flight, backing off (up to [`NixlConfig::max_poll_interval`]) while only
-//! passive operations wait, and blocked on a condition variable, using no CPU, when idle.
-//! Owners' polls also check their own transfer first, so a transfer that is already done
-//! completes without a thread hop.
+//! A task awaiting an operation first polls NIXL itself for [`NixlConfig::owner_spin`] (1 ms):
+//! back to back within 50 µs slices, giving up the CPU between looks and yielding to its
+//! runtime between slices, so a transfer that ends within it completes on the owner's thread,
+//! with no hop. After that, one ferry thread per backend polls notifications and posted
+//! transfers, spinning only while a transfer is in flight, backing off (up to
+//! [`NixlConfig::max_poll_interval`]) while only passive operations wait, and blocked on a
+//! condition variable, using no CPU, when idle.
 //!
 //! Its cost, measured with `cargo run --release -p ferry-backend-nixl --example idle_cpu` on a
 //! 2-vCPU VM: 0.0 % of a core with no operation; with one passive operation waiting for a peer,
@@ -109,6 +111,11 @@ pub struct NixlConfig {
     pub peer_cache: usize,
     /// The longest pause of the progress thread while only passive operations wait.
     pub max_poll_interval: Duration,
+    /// How long a task awaiting an operation polls NIXL itself, yielding to its runtime
+    /// between looks, before it leaves the watching to the progress thread. Most transfers of
+    /// a few MiB end within it, so their owners see completion without a thread hop (tens of
+    /// µs on a busy host); `Duration::ZERO` hands over at once.
+    pub owner_spin: Duration,
 }
 
 impl NixlConfig {
@@ -119,6 +126,7 @@ impl NixlConfig {
             library_dir: None,
             peer_cache: 256,
             max_poll_interval: Duration::from_micros(100),
+            owner_spin: Duration::from_millis(1),
         }
     }
 }
@@ -299,6 +307,7 @@ struct Shared {
     local_blob: Mutex<Option<(u64, EndpointBlob)>>,
     peers: Mutex<Peers>,
     entropy: Mutex<Entropy>,
+    owner_spin: Duration,
 }
 
 /// ferry's NIXL backend: one agent with the UCX plugin, and its progress thread.
@@ -362,6 +371,7 @@ impl NixlBackend {
                 agents: HashMap::new(),
             }),
             entropy: Mutex::new(Entropy { source: entropy }),
+            owner_spin: config.owner_spin,
         });
         let thread = std::thread::Builder::new()
             .name(format!("ferry-nixl-{}", config.agent_name))
@@ -596,6 +606,7 @@ impl ferry_core::Backend for NixlBackend {
                     progress: self.shared.progress.clone(),
                     key,
                     ended: false,
+                    spin: Spin::new(self.shared.owner_spin),
                 }) as Box<dyn Transfer>,
             }
         });
@@ -633,6 +644,7 @@ struct PassiveTransfer {
     progress: Arc<Progress>,
     key: NotificationKey,
     ended: bool,
+    spin: Spin,
 }
 
 impl PassiveTransfer {
@@ -647,13 +659,24 @@ impl PassiveTransfer {
 
 impl Transfer for PassiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
-        if let Some(event) = self.take_outcome() {
-            return Poll::Ready(event);
-        }
-        // Look once ourselves before leaving it to the thread.
-        self.progress.poll_notifications();
-        if let Some(event) = self.take_outcome() {
-            return Poll::Ready(event);
+        let slice = self.spin.slice();
+        loop {
+            if let Some(event) = self.take_outcome() {
+                return Poll::Ready(event);
+            }
+            // Look ourselves before leaving it to the thread.
+            self.progress.poll_notifications();
+            if let Some(event) = self.take_outcome() {
+                return Poll::Ready(event);
+            }
+            match self.spin.next(slice) {
+                Look::Again => continue,
+                Look::Later => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Look::HandOver => break,
+            }
         }
         let mut state = self.progress.lock();
         match state.passive.get_mut(&self.key) {
@@ -753,6 +776,7 @@ impl NixlPeer {
             remote_agent: self.agent.clone(),
             key: remote.notification_key,
             ended: false,
+            spin: Spin::new(self.shared.owner_spin),
         })
     }
 }
@@ -780,6 +804,59 @@ struct ActiveTransfer {
     remote_agent: AgentRef,
     key: NotificationKey,
     ended: bool,
+    spin: Spin,
+}
+
+/// An owner's own polling window (see [`NixlConfig::owner_spin`]), started at its first poll.
+///
+/// Within it the owner looks again back to back for up to [`SLICE`] per poll, giving up the
+/// CPU between looks (on a host with few cores the peer's process, or the progress thread,
+/// may be what the transfer waits for), then returns `Pending` having woken itself, so other
+/// tasks on its runtime thread run between slices. Past the window it hands over.
+struct Spin {
+    budget: Duration,
+    until: Option<Instant>,
+}
+
+/// The longest an owner looks back to back within one poll.
+const SLICE: Duration = Duration::from_micros(50);
+
+/// What an owner does after a look that found its operation still running.
+enum Look {
+    /// Look again now.
+    Again,
+    /// Return `Pending`, woken at once: the slice is spent, the window is not.
+    Later,
+    /// Leave it to the progress thread.
+    HandOver,
+}
+
+impl Spin {
+    fn new(budget: Duration) -> Spin {
+        Spin {
+            budget,
+            until: None,
+        }
+    }
+
+    /// Where this poll's slice ends.
+    fn slice(&mut self) -> Instant {
+        let now = Instant::now();
+        self.until.get_or_insert(now + self.budget);
+        now + SLICE
+    }
+
+    fn next(&self, slice_end: Instant) -> Look {
+        let now = Instant::now();
+        match self.until {
+            Some(until) if now < until && now < slice_end => {
+                std::thread::yield_now();
+                Look::Again
+            }
+            Some(until) if now < until => Look::Later,
+            _ => Look::HandOver,
+        }
+    }
 }
 
 impl ActiveTransfer {
@@ -847,24 +924,38 @@ fn transfer_failed(e: NixlError) -> Event {
 
 impl Transfer for ActiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
-        match self.status() {
-            Some(Ok(XferStatus::Success)) => return self.finish(Event::Completed),
-            Some(Err(e)) => return self.finish(transfer_failed(e)),
-            None => {
-                return self.finish(Event::Failed(Error::Cancelled { by: Side::Local }));
+        let slice = self.spin.slice();
+        let watch_from = loop {
+            match self.status() {
+                Some(Ok(XferStatus::Success)) => return self.finish(Event::Completed),
+                Some(Err(e)) => return self.finish(transfer_failed(e)),
+                None => {
+                    return self.finish(Event::Failed(Error::Cancelled { by: Side::Local }));
+                }
+                Some(Ok(XferStatus::InProgress)) => {}
             }
-            Some(Ok(XferStatus::InProgress)) => {}
-        }
+            match self.spin.next(slice) {
+                Look::Again => continue,
+                Look::Later => break self.spin.until,
+                Look::HandOver => break None,
+            }
+        };
+        // The thread watches the request too, from the end of the owner's window on: a poll
+        // with no task behind it (`status()`) must not leave the request unprogressed.
         let mut state = self.shared.progress.lock();
         state.active.insert(
             self.id,
             ActiveSlot {
                 request: self.request.clone(),
                 waker: Some(cx.waker().clone()),
+                watch_from,
             },
         );
         drop(state);
         self.shared.progress.nudge();
+        if watch_from.is_some() {
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 

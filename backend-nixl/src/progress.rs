@@ -35,6 +35,8 @@ pub(crate) struct PassiveSlot {
 pub(crate) struct ActiveSlot {
     pub(crate) request: SharedRequest,
     pub(crate) waker: Option<Waker>,
+    /// While its owner still polls it itself, the thread leaves it alone until then.
+    pub(crate) watch_from: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -150,12 +152,23 @@ impl Progress {
         true
     }
 
-    /// Checks every posted request once; wakes the owners of those that left `InProgress`.
-    fn poll_requests(&self) -> (bool, bool) {
+    /// Checks every posted request its owner is not polling itself once; wakes the owners of
+    /// those that left `InProgress`. Returns whether any moved, whether any is watched here,
+    /// and when the next owner's own window ends.
+    fn poll_requests(&self) -> (bool, bool, Option<Instant>) {
+        let now = Instant::now();
+        let mut deferred: Option<Instant> = None;
         let requests: Vec<(u64, SharedRequest)> = self
             .lock()
             .active
             .iter()
+            .filter(|(_, slot)| match slot.watch_from {
+                Some(from) if from > now => {
+                    deferred = Some(deferred.map_or(from, |d| d.min(from)));
+                    false
+                }
+                _ => true,
+            })
             .map(|(&id, slot)| (id, slot.request.clone()))
             .collect();
         let mut moved = false;
@@ -176,7 +189,7 @@ impl Progress {
                 }
             }
         }
-        (moved, !requests.is_empty())
+        (moved, !requests.is_empty(), deferred)
     }
 
     /// The thread's body; returns at shutdown.
@@ -194,7 +207,7 @@ impl Progress {
                 }
             }
             let arrived = self.poll_notifications();
-            let (moved, in_flight) = self.poll_requests();
+            let (moved, in_flight, deferred) = self.poll_requests();
             if arrived || moved {
                 interval = Duration::from_micros(2);
                 continue;
@@ -203,15 +216,20 @@ impl Progress {
                 std::thread::yield_now();
                 continue;
             }
-            // Only passive operations or registrations wait: back off, but wake at once for
-            // new work.
+            // Only passive operations, registrations, or transfers their owners still poll
+            // wait: back off (no later than an owner's window ends), but wake at once for new
+            // work.
             let state = self.lock();
             if state.shutdown {
                 return;
             }
+            let pause = match deferred {
+                Some(at) => interval.min(at.saturating_duration_since(Instant::now())),
+                None => interval,
+            };
             let _ = self
                 .work
-                .wait_timeout(state, interval)
+                .wait_timeout(state, pause)
                 .unwrap_or_else(|p| p.into_inner());
             interval = (interval * 2).min(self.max_interval);
         }
