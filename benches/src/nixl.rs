@@ -56,6 +56,7 @@
 //! NIXL's progress thread, each with the UCX backend and NIXL's default UCX parameters, so the
 //! UCX settings (the process's `UCX_*` environment) are the same for every path.
 
+pub mod dynamo;
 pub mod raw;
 pub mod report;
 

@@ -49,6 +49,10 @@ struct Args {
     /// Leave out the cycle row.
     #[arg(long)]
     no_cycle: bool,
+    /// Leave out the same cycle between two Dynamo Python workers (measured when the venv of
+    /// scripts/install-dynamo-venv.sh is there).
+    #[arg(long)]
+    no_dynamo: bool,
     /// How the raw loop polls NIXL: backoff (the target polls back to back for 200 µs, then
     /// every 100 µs, as ferry's progress thread backs off; the initiator polls back to back,
     /// yielding the CPU), yield (both sides poll back to back, yielding), or spin.
@@ -179,6 +183,28 @@ async fn run(args: Args) -> Result<NixlReport> {
     // The peer leaves after the figures are in: a failure there is reported after the
     // report is printed and written, not instead of it.
     let exited = bench.exit().await;
+    let dynamo_cycle = match (&cycle, args.no_dynamo) {
+        (Some(_), false) => {
+            let iterations = if args.run.quick { 10 } else { 50 };
+            match nixl::dynamo::measure(args.cycle_size, iterations).await {
+                Ok(baseline) => {
+                    let s = &baseline.summary;
+                    eprintln!(
+                        "cycle dynamo {}: {} cycles, p50 {:.1} µs",
+                        format_size(baseline.size),
+                        s.iterations,
+                        micros(s.p50)
+                    );
+                    Some(baseline)
+                }
+                Err(reason) => {
+                    eprintln!("dynamo cycle: skipped: {reason}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
 
     let report = NixlReport {
         command,
@@ -186,7 +212,7 @@ async fn run(args: Args) -> Result<NixlReport> {
         machine: Machine::detect(),
         rows,
         cycle,
-        dynamo_cycle: None,
+        dynamo_cycle,
         skipped,
         environment: environment(),
         sources: args.ferry_sources,
