@@ -1,6 +1,6 @@
 //! The nixl benchmark end to end, tiny: two processes, the raw loop and both ferry paths, the
-//! cycle (and Dynamo's, where its venv is), the table and the JSON. Prints `skipped: <reason>` where NIXL cannot be loaded
-//! (scripts/install-nixl.sh installs it).
+//! cycle (and Dynamo's, where its venv is), the table and the JSON. Prints
+//! `skipped: <reason>` where NIXL cannot be loaded (scripts/install-nixl.sh installs it).
 
 use std::process::Command;
 
