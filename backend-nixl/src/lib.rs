@@ -672,6 +672,10 @@ impl Transfer for PassiveTransfer {
             match self.spin.next(slice) {
                 Look::Again => continue,
                 Look::Later => {
+                    // Leave the notifications to this owner until its window ends.
+                    if let Some(slot) = self.progress.lock().passive.get_mut(&self.key) {
+                        slot.watch_from = self.spin.until;
+                    }
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
@@ -682,6 +686,7 @@ impl Transfer for PassiveTransfer {
         match state.passive.get_mut(&self.key) {
             Some(slot) if slot.outcome.is_none() => {
                 slot.waker = Some(cx.waker().clone());
+                slot.watch_from = None;
                 Poll::Pending
             }
             // The notification landed between the look and the lock.

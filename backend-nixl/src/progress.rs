@@ -30,6 +30,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct PassiveSlot {
     pub(crate) outcome: Option<Event>,
     pub(crate) waker: Option<Waker>,
+    /// While its owner still polls for notifications itself, the thread leaves them to it
+    /// until then.
+    pub(crate) watch_from: Option<Instant>,
 }
 
 pub(crate) struct ActiveSlot {
@@ -152,6 +155,24 @@ impl Progress {
         true
     }
 
+    /// Whether the thread should fetch notifications now: unless every passive operation's
+    /// owner is polling for them itself. Also returns when the first such owner stops.
+    fn listening(&self) -> (bool, Option<Instant>) {
+        let now = Instant::now();
+        let state = self.lock();
+        let mut deferred: Option<Instant> = None;
+        let mut listen = state.passive.is_empty();
+        for slot in state.passive.values() {
+            match slot.watch_from {
+                Some(from) if from > now => {
+                    deferred = Some(deferred.map_or(from, |d| d.min(from)));
+                }
+                _ => listen = true,
+            }
+        }
+        (listen, deferred)
+    }
+
     /// Checks every posted request its owner is not polling itself once; wakes the owners of
     /// those that left `InProgress`. Returns whether any moved, whether any is watched here,
     /// and when the next owner's own window ends.
@@ -206,8 +227,13 @@ impl Progress {
                     return;
                 }
             }
-            let arrived = self.poll_notifications();
+            let (listen, passive_deferred) = self.listening();
+            let arrived = listen && self.poll_notifications();
             let (moved, in_flight, deferred) = self.poll_requests();
+            let deferred = match (deferred, passive_deferred) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if arrived || moved {
                 interval = Duration::from_micros(2);
                 continue;
