@@ -62,7 +62,7 @@ const READY: u64 = 0;
 /// Which backend a backend host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostBackend {
-    /// A [`TcpBackend`] with its defaults.
+    /// A [`ferry::tcp::TcpBackend`] with its defaults.
     Tcp,
     /// A NIXL agent (UCX plugin) of its own.
     #[cfg(feature = "nixl")]
