@@ -1,0 +1,58 @@
+//! ferry-backend-ucx: the foundation of ferry's UCX backend — UCP bindings generated at build
+//! time against the system's UCX (Debian's `libucx-dev`, UCX 1.13), in three layers:
+//!
+//! ```text
+//!  safe    Context, Worker, MemRegion, Endpoint, RemoteKey, WorkerAddress, Request (RAII)
+//!    │
+//!  result  one unsafe fn per UCP call, ucs_status_t → Error, UCS_PTR_* request pointers
+//!    │
+//!  sys     raw bindgen output (OUT_DIR), only the allowlisted ucp_/ucs_ items
+//! ```
+//!
+//! It does **not** yet implement ferry's `Backend` trait: no Connector, no metadata blob
+//! (`ferry-ucx/1:…`), no endpoint cache, no progress thread. Those come next, on top of
+//! [`safe`].
+//!
+//! # Building without UCX
+//! `build.rs` runs `pkg-config --cflags --libs ucx` and bindgen. Where UCX or libclang is
+//! missing (or `FERRY_UCX_DISABLE=1` is set) it warns and builds the same [`safe`] API without
+//! any UCX: [`safe::Context::new`] returns [`Error::NotInstalled`], and since every other type
+//! is made from a context, none can exist. The `sys` and `result` modules exist only with UCX.
+//! `scripts/install-ucx.sh` installs `libucx-dev`, `ucx-utils` and `pkg-config`.
+//!
+//! # Configuration
+//! UCX reads its own environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...) in `ucp_config_read`;
+//! nothing here overrides it. On one host with loopback only, `UCX_NET_DEVICES=lo` keeps
+//! connection set-up on `tcp/lo`.
+//!
+//! # Example
+//! ```
+//! use ferry_backend_ucx::safe::{Context, ContextOptions};
+//!
+//! match Context::new(&ContextOptions::default()) {
+//!     Ok(context) => {
+//!         let worker = context.create_worker().expect("worker");
+//!         assert!(!worker.address().expect("address").as_bytes().is_empty());
+//!     }
+//!     Err(ferry_backend_ucx::Error::NotInstalled { .. }) => println!("built without UCX"),
+//!     Err(other) => panic!("{other}"),
+//! }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+pub use error::Error;
+
+#[cfg(not(ferry_ucx_missing))]
+pub mod result;
+#[cfg(not(ferry_ucx_missing))]
+pub mod safe;
+#[cfg(not(ferry_ucx_missing))]
+pub mod sys;
+
+#[cfg(ferry_ucx_missing)]
+#[path = "safe_missing.rs"]
+pub mod safe;
+
+/// Whether this build has UCX (the build script found it with `pkg-config`).
+pub const UCX_BUILT: bool = cfg!(not(ferry_ucx_missing));
