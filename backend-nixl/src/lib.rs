@@ -560,29 +560,18 @@ impl ferry_core::Backend for NixlBackend {
             .register_memory(&raw, None)
             .map_err(|e| backend_error(e, Side::Local, "register_memory"))?;
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let count = {
-            let mut registrations = lock(&self.shared.registrations);
-            registrations.insert(id, handle);
-            registrations.len()
-        };
+        lock(&self.shared.registrations).insert(id, handle);
         self.shared.generation.fetch_add(1, Ordering::Release);
-        self.shared.progress.lock().registrations = count;
-        self.shared.progress.nudge();
         Ok(RegistrationId(id))
     }
 
     fn deregister(&self, id: RegistrationId) {
         // Dropping the handle deregisters the memory.
-        let (handle, count) = {
-            let mut registrations = lock(&self.shared.registrations);
-            (registrations.remove(&id.0), registrations.len())
-        };
+        let handle = lock(&self.shared.registrations).remove(&id.0);
         if handle.is_some() {
             drop(handle);
             self.shared.generation.fetch_add(1, Ordering::Release);
-            let mut state = self.shared.progress.lock();
-            state.registrations = count;
-            state.linger();
+            self.shared.progress.lock().linger();
         }
     }
 

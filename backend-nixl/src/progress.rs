@@ -3,7 +3,10 @@
 //!
 //! The agent runs without NIXL's own progress thread (nixl-sys's default spins a core), so this
 //! thread and the owners' polls are what drive UCX. Its rhythm:
-//! - nothing to wait for: blocked on a condition variable, no CPU at all;
+//! - nothing to wait for: blocked on a condition variable, no CPU at all. Registrations alone
+//!   are not something to wait for: a peer moves bytes through them only while one of this
+//!   agent's operations is live (a passive one until its notification), and those keep the
+//!   thread going;
 //! - a transfer in flight: polls back to back, yielding the CPU between rounds;
 //! - only passive operations waiting for a peer: polls, then backs off from 2 µs up to
 //!   [`NixlConfig::max_poll_interval`](crate::NixlConfig::max_poll_interval) between rounds
@@ -49,9 +52,6 @@ pub(crate) struct State {
     shutdown: bool,
     /// Notifications that matched no live operation (late, stale or foreign).
     pub(crate) unmatched: u64,
-    /// Live memory registrations: a peer may be moving bytes through them, and UCX needs
-    /// this agent progressed for that (NIXL's `peer` error-handling mode).
-    pub(crate) registrations: usize,
     /// Keep progressing until then: a notification sent last (a cancel) still has to leave.
     pub(crate) linger_until: Option<Instant>,
 }
@@ -63,7 +63,6 @@ impl State {
     fn idle(&self, now: Instant) -> bool {
         self.passive.is_empty()
             && self.active.is_empty()
-            && self.registrations == 0
             && self.linger_until.is_none_or(|until| now >= until)
     }
 
@@ -242,8 +241,7 @@ impl Progress {
                 std::thread::yield_now();
                 continue;
             }
-            // Only passive operations, registrations, or transfers their owners still poll
-            // wait: back off (no later than an owner's window ends), but wake at once for new
+            // Only passive operations, or transfers their owners still poll, wait: back off (no later than an owner's window ends), but wake at once for new
             // work.
             let state = self.lock();
             if state.shutdown {
