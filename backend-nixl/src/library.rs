@@ -16,6 +16,21 @@
 //! 5. the dynamic loader's own search by name (`LD_LIBRARY_PATH`, the system folders);
 //! 6. `/opt/nvidia/nvda_nixl/lib/x86_64-linux-gnu` and `/opt/nvidia/nvda_nixl/lib64`, where
 //!    NIXL's own installer puts it.
+//!
+//! # The crash at exit, and its containment
+//! The wheel bundles UCX and its own copies of `libibverbs` and `libnl`, but its UCX EFA
+//! transport module (`libuct_ib_efa.so`) links the system's `libefa`. Where rdma-core's
+//! providers are installed (every RDMA host; here, once `libucx-dev` is), loading that module
+//! brings the system's `libibverbs`, `libnl-3` and `libnl-route-3` into the process beside the
+//! wheel's copies, and at exit the wheel's `libnl-route` destructor crashes
+//! (`rtnl_tc_unregister`, SIGSEGV after `main` returns: every test passed, the process still
+//! died). That is the intermittent teardown segfault seen with these libraries: it follows
+//! whether `libefa` is installed, not timing. A host without EFA devices has no use for that
+//! module, so before NIXL is first loaded, [`load`] sets `UCX_MODULES=^*efa*` (UCX then skips
+//! it) unless `UCX_MODULES` is already set or an EFA device exists; child processes started
+//! afterwards (a Python Dynamo worker, say) inherit the setting. On a host with EFA devices the
+//! module loads and the crash at exit can happen: the fix belongs in the wheel (bundling
+//! `libefa`, or linking the module against its own `libibverbs`).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -96,7 +111,32 @@ fn open(name: &CStr) -> Result<(), String> {
     })
 }
 
+/// The `UCX_MODULES` value that keeps UCX's EFA module out (see the module docs), or `None`
+/// where it should load: the user set `UCX_MODULES`, or the host has an EFA device.
+fn ucx_modules() -> Option<&'static str> {
+    if std::env::var_os("UCX_MODULES").is_some() || has_efa_device() {
+        return None;
+    }
+    Some("^*efa*")
+}
+
+/// Whether an RDMA device here is driven by `efa` (AWS's Elastic Fabric Adapter).
+fn has_efa_device() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/class/infiniband") else {
+        return false;
+    };
+    devices.flatten().any(|device| {
+        std::fs::read_link(device.path().join("device/driver"))
+            .is_ok_and(|driver| driver.file_name().is_some_and(|name| name == "efa"))
+    })
+}
+
 fn load_once(explicit: Option<&Path>) -> Result<Loaded, String> {
+    if let Some(modules) = ucx_modules() {
+        // Before NIXL, and so UCX, is loaded: libucs reads its global options once, when it
+        // is loaded. No other code of this process reads UCX_MODULES.
+        std::env::set_var("UCX_MODULES", modules);
+    }
     let mut tried = Vec::new();
     let by_path = |dir: &Path, tried: &mut Vec<String>| -> Option<Loaded> {
         let file = dir.join(LIBRARY);
