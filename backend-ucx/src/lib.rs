@@ -1,7 +1,9 @@
-//! ferry-backend-ucx: the foundation of ferry's UCX backend — UCP bindings generated at build
-//! time against the system's UCX (Debian's `libucx-dev`, UCX 1.13), in three layers:
+//! ferry-backend-ucx: ferry's UCX backend, [`UcxBackend`], over UCP bindings generated at
+//! build time against the system's UCX (Debian's `libucx-dev`, UCX 1.13), in three layers:
 //!
 //! ```text
+//!  UcxBackend  ferry_core::Backend: a progress thread owns one context + worker (backend.rs)
+//!    │
 //!  safe    Context, Worker, MemRegion, Endpoint, RemoteKey, WorkerAddress, Request (RAII)
 //!    │
 //!  result  one unsafe fn per UCP call, ucs_status_t → Error, UCS_PTR_* request pointers
@@ -9,9 +11,19 @@
 //!  sys     raw bindgen output (OUT_DIR), only the allowlisted ucp_/ucs_ items
 //! ```
 //!
-//! It does **not** yet implement ferry's `Backend` trait: no Connector, no metadata blob
-//! (`ferry-ucx/1:…`), no endpoint cache, no progress thread. Those come next, on top of
-//! [`safe`].
+//! A passive operation's metadata carries a `ferry-ucx/1:b64:…` blob ([`blob`]): the worker's
+//! address and the packed remote keys of the registrations covering its descriptors. The
+//! active side connects once per peer worker (cached, `UCP_ERR_HANDLING_MODE_PEER`), gets or
+//! puts every descriptor, flushes the endpoint and then sends the notification key as an
+//! active message; see [`UcxBackend`]'s module docs for ordering, cancellation, what each side
+//! observes, and revocation (not enforced).
+//!
+//! # Not in one process with NIXL
+//! This crate links the system's `libucp`/`libucs` at build time. NIXL's UCX plugin loads the
+//! UCX 1.23 inside its wheel; in a process that already has the system `libucs`, loading it
+//! aborts in `ucs_init` (`Assertion '!ucs_debug_initialized' failed`, observed with NIXL
+//! 1.5.1). So a binary must not contain both this crate and a NIXL backend that it uses
+//! ([`NIXL_CONFLICT`]); ferry's `ucx` feature is not a default for that reason.
 //!
 //! # Building without UCX
 //! `build.rs` runs `pkg-config --cflags --libs ucx` and bindgen. Where UCX or libclang is
@@ -40,7 +52,11 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
+pub mod blob;
 mod error;
+pub use backend::{available, UcxBackend, UcxStats, DRAIN};
+pub use blob::NAME;
 pub use error::Error;
 
 #[cfg(not(ferry_ucx_missing))]
@@ -53,6 +69,11 @@ pub mod sys;
 #[cfg(ferry_ucx_missing)]
 #[path = "safe_missing.rs"]
 pub mod safe;
+
+/// Why NIXL cannot run in a process that links this crate (see the crate docs).
+pub const NIXL_CONFLICT: &str = "this binary links the system UCX (ferry-backend-ucx, UCX 1.13); \
+     NIXL's UCX plugin loads its own UCX 1.23, and the second libucs aborts the process in \
+     ucs_init (build the ucx and nixl backends into separate binaries)";
 
 /// Whether this build has UCX (the build script found it with `pkg-config`).
 pub const UCX_BUILT: bool = cfg!(not(ferry_ucx_missing));
