@@ -74,13 +74,19 @@ fn built(name: &str) -> bool {
     (name == "sim" && cfg!(feature = "sim"))
         || (name == "tcp" && cfg!(feature = "tcp"))
         || (name == "nixl" && cfg!(feature = "nixl"))
+        || (name == "ucx" && cfg!(feature = "ucx"))
 }
 
 /// Whether a built backend can run on this machine (its native library loads).
 fn usable_here(name: &str) -> Result<(), String> {
     match name {
-        #[cfg(feature = "nixl")]
+        // A binary that links the system UCX cannot load NIXL's (see ferry_backend_ucx).
+        #[cfg(all(feature = "nixl", feature = "ucx"))]
+        "nixl" => Err(ferry_backend_ucx::NIXL_CONFLICT.to_owned()),
+        #[cfg(all(feature = "nixl", not(feature = "ucx")))]
         "nixl" => ferry_backend_nixl::available(None).map(|_| ()),
+        #[cfg(feature = "ucx")]
+        "ucx" => ferry_backend_ucx::available(),
         _ => Ok(()),
     }
 }
@@ -158,6 +164,8 @@ pub(crate) async fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn B
             let config = ferry_backend_nixl::NixlConfig::named(format!("{worker}-{n}"));
             Ok(Arc::new(ferry_backend_nixl::NixlBackend::new(config)?))
         }
+        #[cfg(feature = "ucx")]
+        "ucx" => Ok(Arc::new(ferry_backend_ucx::UcxBackend::new()?)),
         other => {
             let _ = worker_id;
             Err(Error::BackendUnavailable {

@@ -96,6 +96,12 @@ pub mod nixl {
     pub use ferry_backend_nixl::*;
 }
 
+/// The UCX backend.
+#[cfg(feature = "ucx")]
+pub mod ucx {
+    pub use ferry_backend_ucx::*;
+}
+
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
