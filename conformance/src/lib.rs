@@ -27,6 +27,8 @@ pub mod rules;
 pub mod sim;
 #[cfg(feature = "tcp")]
 pub mod tcp;
+#[cfg(feature = "ucx")]
+pub mod ucx;
 
 /// Why a backend does not run a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
