@@ -1,0 +1,526 @@
+//! The progress thread: owns the UCP context, worker, memory mappings and endpoints (all
+//! `!Send`), runs the commands the backend sends it, moves active operations through their
+//! phases (gets or puts → flush → notification) and matches inbound notifications by key.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_core::state::Event;
+use ferry_core::{Error, Notification, NotificationKey, OperationKind, Side};
+
+use super::{abort_unsafe, lock, Table, AM_NOTIFY, BUSY_SLEEP, DRAIN, IDLE_SLEEP};
+use crate::safe::{
+    Context, ContextOptions, Endpoint, ErrorMode, MemRegion, RemoteKey, Request, Worker,
+    WorkerAddress,
+};
+
+/// One descriptor pair of a post: local memory, remote address, index of its rkey.
+pub(super) struct Item {
+    pub(super) local: usize,
+    pub(super) len: usize,
+    pub(super) remote: u64,
+    pub(super) rkey: usize,
+}
+
+pub(super) enum Command {
+    Register {
+        id: u64,
+        addr: usize,
+        len: usize,
+        reply: SyncSender<Result<Vec<u8>, Error>>,
+    },
+    Deregister {
+        id: u64,
+    },
+    Connect {
+        address: Vec<u8>,
+        reply: SyncSender<Result<u64, Error>>,
+    },
+    Post {
+        id: u64,
+        peer: u64,
+        kind: OperationKind,
+        key: NotificationKey,
+        rkeys: Vec<Vec<u8>>,
+        items: Vec<Item>,
+        reply: SyncSender<Result<(), Error>>,
+    },
+    Cancel {
+        id: u64,
+        reply: SyncSender<Option<Event>>,
+    },
+    Shutdown,
+}
+
+/// Where an active operation is.
+enum Phase {
+    /// Gets or puts and the flush behind them are in flight.
+    Moving {
+        rma: Vec<Request>,
+        flush: Option<Request>,
+    },
+    /// The notification (or the cancel message) is leaving.
+    Notifying { message: Request },
+}
+
+struct ActiveOp {
+    endpoint: Endpoint,
+    key: NotificationKey,
+    phase: Phase,
+    /// Kept until the requests that use them finish.
+    _rkeys: Vec<RemoteKey>,
+    cancel: Option<(SyncSender<Option<Event>>, Instant)>,
+}
+
+/// The progress thread's state: everything `!Send`.
+pub(super) struct Progress {
+    table: Arc<Mutex<Table>>,
+    regions: HashMap<u64, MemRegion>,
+    by_address: HashMap<Vec<u8>, u64>,
+    endpoints: HashMap<u64, Endpoint>,
+    next_peer: u64,
+    ops: HashMap<u64, ActiveOp>,
+    /// Cancel messages still leaving.
+    leaving: Vec<Request>,
+    // Dropped last: endpoints and regions hold the worker and context alive anyway.
+    worker: Worker,
+    context: Context,
+}
+
+fn failure(endpoint: &Endpoint, error: &crate::Error) -> Error {
+    match endpoint.failure() {
+        Some(cause) => Error::PeerLost {
+            reason: cause.to_string(),
+        },
+        None if error.is_peer_failure() => Error::PeerLost {
+            reason: error.to_string(),
+        },
+        None => error.to_ferry(Side::Local),
+    }
+}
+
+impl Progress {
+    pub(super) fn start(table: Arc<Mutex<Table>>) -> Result<Progress, Error> {
+        let context =
+            Context::new(&ContextOptions { wakeup: true }).map_err(|e| e.to_ferry(Side::Local))?;
+        let worker = context
+            .create_worker()
+            .map_err(|e| e.to_ferry(Side::Local))?;
+        let handler_table = table.clone();
+        worker
+            .set_am_handler(AM_NOTIFY, move |message| {
+                let mut table = lock(&handler_table);
+                let matched = match Notification::parse(message.data) {
+                    Some(Notification::Complete(key)) => table
+                        .passive
+                        .get_mut(&key)
+                        .map(|slot| slot.settle(Event::Completed)),
+                    Some(Notification::Cancel(key)) => table
+                        .passive
+                        .get_mut(&key)
+                        .map(|slot| slot.settle(Event::PeerCancelled)),
+                    None => None,
+                };
+                if matched.is_none() {
+                    table.unmatched += 1;
+                }
+            })
+            .map_err(|e| e.to_ferry(Side::Local))?;
+        Ok(Progress {
+            table,
+            regions: HashMap::new(),
+            by_address: HashMap::new(),
+            endpoints: HashMap::new(),
+            next_peer: 1,
+            ops: HashMap::new(),
+            leaving: Vec::new(),
+            worker,
+            context,
+        })
+    }
+
+    /// The worker's address, for the blob.
+    pub(super) fn address(&self) -> Result<Vec<u8>, Error> {
+        self.worker
+            .address()
+            .map(|address| address.as_bytes().to_vec())
+            .map_err(|e| e.to_ferry(Side::Local))
+    }
+
+    pub(super) fn run(&mut self, inbox: Receiver<Command>, mut wake: UnixStream) {
+        let event_fd = self.worker.event_fd().ok();
+        loop {
+            let mut drained = [0u8; 64];
+            while matches!(wake.read(&mut drained), Ok(n) if n > 0) {}
+            loop {
+                match inbox.try_recv() {
+                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                    Ok(command) => self.handle(command),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let mut busy = false;
+            for _ in 0..64 {
+                match self.worker.progress() {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => busy = true,
+                }
+            }
+            busy |= self.advance();
+            if busy {
+                continue;
+            }
+            // Sleep until the worker or a caller has something, with a bound in case a
+            // transport signals no event.
+            let bound = if self.ops.is_empty() && self.leaving.is_empty() {
+                IDLE_SLEEP
+            } else {
+                BUSY_SLEEP
+            };
+            match (event_fd, self.worker.arm()) {
+                (_, Ok(false)) => continue,
+                (Some(fd), Ok(true)) => wait_readable(&[fd, wake.as_raw_fd()], bound),
+                _ => wait_readable(&[wake.as_raw_fd()], bound),
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Register {
+                id,
+                addr,
+                len,
+                reply,
+            } => {
+                let _ = reply.send(self.register(id, addr, len));
+            }
+            Command::Deregister { id } => {
+                self.regions.remove(&id);
+            }
+            Command::Connect { address, reply } => {
+                let _ = reply.send(self.connect(address));
+            }
+            Command::Post {
+                id,
+                peer,
+                kind,
+                key,
+                rkeys,
+                items,
+                reply,
+            } => {
+                let posted = self.post(id, peer, kind, key, &rkeys, &items);
+                let _ = reply.send(posted);
+            }
+            Command::Cancel { id, reply } => match self.ops.get_mut(&id) {
+                Some(op) => {
+                    op.cancel = Some((reply, Instant::now() + DRAIN));
+                    self.advance();
+                }
+                None => {
+                    // Already ended: hand over the outcome poll_event has not returned.
+                    let outcome = lock(&self.table)
+                        .active
+                        .remove(&id)
+                        .and_then(|slot| slot.outcome);
+                    let _ = reply.send(outcome);
+                }
+            },
+            Command::Shutdown => {}
+        }
+    }
+
+    fn register(&mut self, id: u64, addr: usize, len: usize) -> Result<Vec<u8>, Error> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        // SAFETY: the Connector registers only memory an operation or a Registration borrows
+        // and deregisters it before the borrow ends; the region is dropped (unmapped) on
+        // Deregister. A peer's access to it is the capability the metadata grants (SPEC §9).
+        let region = unsafe { self.context.map(addr as *mut u8, len) }
+            .map_err(|e| e.to_ferry(Side::Local))?;
+        let rkey = region.pack_rkey().map_err(|e| e.to_ferry(Side::Local))?;
+        self.regions.insert(id, region);
+        Ok(rkey)
+    }
+
+    fn connect(&mut self, address: Vec<u8>) -> Result<u64, Error> {
+        if let Some(&peer) = self.by_address.get(&address) {
+            match self.endpoints.get(&peer) {
+                Some(endpoint) if endpoint.failure().is_none() => return Ok(peer),
+                _ => {
+                    self.endpoints.remove(&peer);
+                    self.by_address.remove(&address);
+                }
+            }
+        }
+        // SAFETY: the bytes passed the blob's length and checksum, so they are the address a
+        // peer's Worker::address produced, intact (a forged blob is outside the capability
+        // model: see crate::blob).
+        let remote = unsafe { WorkerAddress::from_bytes(address.clone()) };
+        let endpoint = self.worker.connect(&remote, ErrorMode::Peer).map_err(|e| {
+            match e.to_ferry(Side::Remote) {
+                Error::Backend { message, .. } => Error::PeerLost {
+                    reason: format!("cannot connect to the peer's worker: {message}"),
+                },
+                other => other,
+            }
+        })?;
+        let peer = self.next_peer;
+        self.next_peer += 1;
+        self.endpoints.insert(peer, endpoint);
+        self.by_address.insert(address, peer);
+        Ok(peer)
+    }
+
+    fn post(
+        &mut self,
+        id: u64,
+        peer: u64,
+        kind: OperationKind,
+        key: NotificationKey,
+        packed: &[Vec<u8>],
+        items: &[Item],
+    ) -> Result<(), Error> {
+        let endpoint = self
+            .endpoints
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| Error::PeerLost {
+                reason: "the endpoint to this peer failed".into(),
+            })?;
+        if let Some(cause) = endpoint.failure() {
+            return Err(Error::PeerLost {
+                reason: cause.to_string(),
+            });
+        }
+        let mut rkeys: Vec<Option<RemoteKey>> = vec![None; packed.len()];
+        let mut rma = Vec::with_capacity(items.len());
+        let mut posted = Ok(());
+        for item in items {
+            let rkey = match &rkeys[item.rkey] {
+                Some(rkey) => rkey.clone(),
+                None => match endpoint.unpack_rkey(&packed[item.rkey]) {
+                    Ok(rkey) => {
+                        rkeys[item.rkey] = Some(rkey.clone());
+                        rkey
+                    }
+                    Err(e) => {
+                        posted = Err(e.to_ferry(Side::Remote));
+                        break;
+                    }
+                },
+            };
+            // SAFETY: the operation borrows `item.local` for `item.len` bytes (writable for a
+            // read: validated by the facade) and its cancel and drop wait, through this
+            // thread, until every request has finished (ActiveOp's drain), so the memory
+            // outlives UCX's use of it.
+            let request = unsafe {
+                match kind {
+                    OperationKind::Read => {
+                        endpoint.get_raw(item.local as *mut u8, item.len, item.remote, &rkey)
+                    }
+                    OperationKind::Write => {
+                        endpoint.put_raw(item.local as *const u8, item.len, item.remote, &rkey)
+                    }
+                }
+            };
+            match request {
+                Ok(request) => rma.push(request),
+                Err(e) => {
+                    posted = Err(failure(&endpoint, &e));
+                    break;
+                }
+            }
+        }
+        let flush = match posted {
+            Ok(()) => endpoint.flush().map_err(|e| failure(&endpoint, &e)),
+            Err(e) => Err(e),
+        };
+        let flush = match flush {
+            Ok(flush) => Some(flush),
+            Err(e) if rma.is_empty() => return Err(e),
+            Err(e) => {
+                // Some requests are in flight: they must finish before the caller's memory is
+                // released, so they stay as an operation already being cancelled (its peer is
+                // told `<key>:cancel`), and the post reports the error.
+                let (orphan, _) = mpsc::sync_channel(1);
+                self.ops.insert(
+                    id,
+                    ActiveOp {
+                        endpoint,
+                        key,
+                        phase: Phase::Moving { rma, flush: None },
+                        _rkeys: rkeys.into_iter().flatten().collect(),
+                        cancel: Some((orphan, Instant::now() + DRAIN)),
+                    },
+                );
+                return Err(e);
+            }
+        };
+        self.ops.insert(
+            id,
+            ActiveOp {
+                endpoint,
+                key,
+                phase: Phase::Moving { rma, flush },
+                _rkeys: rkeys.into_iter().flatten().collect(),
+                cancel: None,
+            },
+        );
+        self.advance();
+        Ok(())
+    }
+
+    /// Moves every active operation on as far as its requests allow; true if any moved.
+    fn advance(&mut self) -> bool {
+        self.leaving.retain_mut(|request| request.poll().is_none());
+        let mut moved = false;
+        let mut ended = Vec::new();
+        for (&id, op) in &mut self.ops {
+            match step(op) {
+                Step::Waiting => {}
+                Step::Moved => moved = true,
+                Step::Ended(event) => {
+                    moved = true;
+                    ended.push((id, event));
+                }
+            }
+        }
+        for (id, event) in ended {
+            let Some(op) = self.ops.remove(&id) else {
+                continue;
+            };
+            let ActiveOp { phase, cancel, .. } = op;
+            let mut table = lock(&self.table);
+            match cancel {
+                Some((reply, _)) => {
+                    table.active.remove(&id);
+                    drop(table);
+                    let _ = reply.send(event);
+                    // A cancel message (or a notification that won the race) still leaving.
+                    if let Phase::Notifying { message } = phase {
+                        self.leaving.push(message);
+                    }
+                }
+                None => {
+                    if let (Some(slot), Some(event)) = (table.active.get_mut(&id), event) {
+                        slot.settle(event);
+                    }
+                }
+            }
+        }
+        moved
+    }
+}
+
+enum Step {
+    Waiting,
+    Moved,
+    /// The op is over: its outcome (for a cancel: `None` when cancelled, the terminal event
+    /// when it lost the race).
+    Ended(Option<Event>),
+}
+
+fn step(op: &mut ActiveOp) -> Step {
+    let cancelling = op.cancel.is_some();
+    match &mut op.phase {
+        Phase::Moving { rma, flush } => {
+            let mut error = None;
+            let mut pending = false;
+            for request in rma.iter_mut() {
+                match request.poll() {
+                    None => pending = true,
+                    Some(Err(e)) => error = error.or(Some(e)),
+                    Some(Ok(())) => {}
+                }
+            }
+            match flush.as_mut().map(Request::poll) {
+                Some(None) => pending = true,
+                Some(Some(Err(e))) => error = error.or(Some(e)),
+                Some(Some(Ok(()))) | None => {}
+            }
+            if pending {
+                if let Some((_, deadline)) = &op.cancel {
+                    if Instant::now() >= *deadline {
+                        abort_unsafe("a cancelled UCX transfer did not finish within the drain");
+                    }
+                }
+                return Step::Waiting;
+            }
+            if let Some(e) = error {
+                if cancelling {
+                    let sent = op
+                        .endpoint
+                        .am_send(AM_NOTIFY, Vec::new(), op.key.cancel_message());
+                    return match sent {
+                        Ok(message) => {
+                            op.phase = Phase::Notifying { message };
+                            Step::Ended(None)
+                        }
+                        Err(_) => Step::Ended(None),
+                    };
+                }
+                return Step::Ended(Some(Event::Failed(failure(&op.endpoint, &e))));
+            }
+            let message = if cancelling {
+                op.key.cancel_message()
+            } else {
+                op.key.completion_message()
+            };
+            match op.endpoint.am_send(AM_NOTIFY, Vec::new(), message) {
+                Ok(message) => {
+                    op.phase = Phase::Notifying { message };
+                    if cancelling {
+                        // The bytes moved, but the peer is told it was cancelled.
+                        Step::Ended(None)
+                    } else {
+                        Step::Moved
+                    }
+                }
+                Err(e) if cancelling => {
+                    let _ = e;
+                    Step::Ended(None)
+                }
+                Err(e) => Step::Ended(Some(Event::Failed(failure(&op.endpoint, &e)))),
+            }
+        }
+        Phase::Notifying { message } => match message.poll() {
+            None if cancelling => {
+                // The notification is on its way: the cancel lost the race.
+                Step::Ended(Some(Event::Completed))
+            }
+            None => Step::Waiting,
+            Some(Ok(())) => Step::Ended(Some(Event::Completed)),
+            Some(Err(e)) if cancelling => {
+                let _ = e;
+                Step::Ended(None)
+            }
+            Some(Err(e)) => Step::Ended(Some(Event::Failed(failure(&op.endpoint, &e)))),
+        },
+    }
+}
+
+/// Sleeps until one of `fds` is readable or `timeout` passes.
+fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let millis = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    // SAFETY: `polled` is a live array of `polled.len()` pollfd structs; poll(2) writes only
+    // their `revents` fields and keeps no pointer after it returns.
+    let _ = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, millis) };
+}
