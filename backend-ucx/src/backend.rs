@@ -36,6 +36,13 @@
 //! RMA) reach raw addresses without consulting registrations. So a peer holding stale
 //! metadata is not refused ([`Capabilities::enforces_revocation`] is false): keep a passive
 //! operation's memory alive until its peer is done.
+//!
+//! Worse, with UCX's tcp transport a peer's get is served by the passive side's own worker,
+//! from the raw address: if that memory was freed (a passive operation cancelled or dropped
+//! while its peer still reads, or a peer reading with stale metadata), the passive process
+//! reads freed memory and may crash. The two-process conformance suite saw this once as a
+//! SIGSEGV in `ucp_get_req_handler` inside a backend host. So a peer holding metadata can
+//! crash the passive process, against SPEC §9; nothing here prevents it yet.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};

@@ -46,8 +46,8 @@ impl Harness for UcxHarness {
 
     fn crash(&self, _connector: &Connector) -> Result<(), Skip> {
         Err(Skip(
-            "a UCX worker cannot be killed inside the test process (a crash needs a \
-             two-process ucx suite, which does not exist yet)"
+            "a UCX worker in the test process cannot be killed without it (the two-process \
+             suite, ucx_two_processes, kills its backend hosts instead)"
                 .into(),
         ))
     }

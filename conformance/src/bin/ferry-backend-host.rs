@@ -1,4 +1,4 @@
-//! A backend in its own process — tcp, or nixl (`ferry-backend-host nixl`) — driven over
+//! A backend in its own process — tcp, nixl or ucx (`ferry-backend-host nixl`) — driven over
 //! stdin/stdout by the conformance suite's
 //! [`ProcessHarness`](ferry_conformance::remote::ProcessHarness): it exposes and posts
 //! transfers on its own copy of a remote Connector's memory and reports their events. See
@@ -46,6 +46,16 @@ async fn start(name: &str) -> Result<(Arc<dyn Backend>, LiveCount), Error> {
             use ferry::nixl::{NixlBackend, NixlConfig};
             let name = format!("ferry-backend-host-{}-1", std::process::id());
             let backend = Arc::new(NixlBackend::new(NixlConfig::named(name))?);
+            let counted = backend.clone();
+            let live: LiveCount = Box::new(move || {
+                let stats = counted.stats();
+                (stats.live_transfers as u64, stats.live_keys as u64)
+            });
+            Ok((backend, live))
+        }
+        #[cfg(feature = "ucx")]
+        "ucx" => {
+            let backend = Arc::new(ferry::ucx::UcxBackend::new()?);
             let counted = backend.clone();
             let live: LiveCount = Box::new(move || {
                 let stats = counted.stats();

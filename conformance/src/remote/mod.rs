@@ -47,6 +47,8 @@ use tokio::sync::oneshot;
 #[cfg(feature = "nixl")]
 use crate::nixl::NixlHarness;
 use crate::tcp::TcpHarness;
+#[cfg(feature = "ucx")]
+use crate::ucx::UcxHarness;
 use crate::{Harness, LiveState, NotifyFault, Options, Skip, Wrap};
 use proto::{Buffer, CancelOutcome, Command, Reply};
 
@@ -67,15 +69,31 @@ pub enum HostBackend {
     /// A NIXL agent (UCX plugin) of its own.
     #[cfg(feature = "nixl")]
     Nixl,
+    /// A [`ferry::ucx::UcxBackend`] (system UCX) of its own.
+    #[cfg(feature = "ucx")]
+    Ucx,
 }
 
 impl HostBackend {
+    /// Whether the backend moves bytes with UCX (nixl's plugin, or ucx itself).
+    fn uses_ucx(self) -> bool {
+        match self {
+            HostBackend::Tcp => false,
+            #[cfg(feature = "nixl")]
+            HostBackend::Nixl => true,
+            #[cfg(feature = "ucx")]
+            HostBackend::Ucx => true,
+        }
+    }
+
     /// The host's command-line argument naming this backend.
     pub fn arg(self) -> &'static str {
         match self {
             HostBackend::Tcp => "tcp",
             #[cfg(feature = "nixl")]
             HostBackend::Nixl => "nixl",
+            #[cfg(feature = "ucx")]
+            HostBackend::Ucx => "ucx",
         }
     }
 }
@@ -309,8 +327,7 @@ impl Link {
         backend: HostBackend,
     ) -> std::io::Result<(Arc<Link>, oneshot::Receiver<Reply>)> {
         let mut command = std::process::Command::new(program);
-        #[cfg(feature = "nixl")]
-        if backend == HostBackend::Nixl && std::env::var_os("UCX_TLS").is_none() {
+        if backend.uses_ucx() && std::env::var_os("UCX_TLS").is_none() {
             // As if the host were another machine: UCX reaches it over TCP only, so bytes are
             // in flight on a wire rather than copied by the kernel in one call (CMA), and a
             // crash can land mid-transfer.
@@ -736,6 +753,8 @@ enum Local {
     Tcp(TcpHarness),
     #[cfg(feature = "nixl")]
     Nixl(NixlHarness),
+    #[cfg(feature = "ucx")]
+    Ucx(UcxHarness),
 }
 
 /// Forwards a [`Harness`] call to the local harness, whichever it is.
@@ -745,6 +764,8 @@ macro_rules! local {
             Local::Tcp($h) => $call,
             #[cfg(feature = "nixl")]
             Local::Nixl($h) => $call,
+            #[cfg(feature = "ucx")]
+            Local::Ucx($h) => $call,
         }
     };
 }
@@ -779,6 +800,8 @@ impl ProcessHarness {
             HostBackend::Tcp => Local::Tcp(TcpHarness::new()),
             #[cfg(feature = "nixl")]
             HostBackend::Nixl => Local::Nixl(NixlHarness::new()),
+            #[cfg(feature = "ucx")]
+            HostBackend::Ucx => Local::Ucx(UcxHarness::new()),
         };
         ProcessHarness {
             host: host.into(),
