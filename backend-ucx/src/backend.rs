@@ -43,6 +43,26 @@
 //! reads freed memory and may crash. The two-process conformance suite saw this once as a
 //! SIGSEGV in `ucp_get_req_handler` inside a backend host. So a peer holding metadata can
 //! crash the passive process, against SPEC §9; nothing here prevents it yet.
+//!
+//! # What a peer's metadata can still do (known, not yet prevented)
+//! A review with probes (none of them in the suite) found, on this host's transports (CMA by
+//! default, tcp with `UCX_TLS=tcp`):
+//! - **Any address.** The region list in a `ferry-ucx/1` blob is the peer's to write; the
+//!   active side checks descriptors against it, but CMA and tcp's software RMA serve any
+//!   address of the passive process, registered or not. A forged blob read 4 KiB of memory
+//!   that was never registered or offered.
+//! - **Writes through a readable.** Registrations are mapped without `PROT` flags (the
+//!   registration cache shares them between readables and writables), so metadata flipped to
+//!   `Write` overwrote a readable's `&[u8]`; verbs would enforce a read-only mapping, CMA and
+//!   tcp would not.
+//! - **A forged worker address** can trip a UCX assertion in `ucp_ep_create` (SIGABRT): UCX
+//!   1.13 parses addresses without a length, and the blob's checksum only catches damage.
+//! - **A stalled peer** (alive, not progressing) makes a cancel wait out [`DRAIN`] and then
+//!   abort the active process; nixl's backend disconnects the peer first, this one does not
+//!   yet.
+//!
+//! Only the first is inherent to the transports; the others need a read-only mapping per
+//! readable, a structural address check, and a forced endpoint close.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -300,34 +300,44 @@ impl Progress {
                 reason: cause.to_string(),
             });
         }
+        // Every remote key the descriptors use, first: a peer's malformed key must fail the
+        // post before a single request touches the caller's memory.
         let mut rkeys: Vec<Option<RemoteKey>> = vec![None; packed.len()];
+        for item in items {
+            let Some(slot) = rkeys.get_mut(item.rkey) else {
+                return Err(Error::InvalidMetadata {
+                    reason: "a descriptor names a remote key the metadata does not hold".into(),
+                });
+            };
+            if slot.is_none() {
+                let rkey = endpoint
+                    .unpack_rkey(&packed[item.rkey])
+                    .map_err(|e| e.to_ferry(Side::Remote))?;
+                *slot = Some(rkey);
+            }
+        }
         let mut rma = Vec::with_capacity(items.len());
         let mut posted = Ok(());
         for item in items {
-            let rkey = match &rkeys[item.rkey] {
-                Some(rkey) => rkey.clone(),
-                None => match endpoint.unpack_rkey(&packed[item.rkey]) {
-                    Ok(rkey) => {
-                        rkeys[item.rkey] = Some(rkey.clone());
-                        rkey
-                    }
-                    Err(e) => {
-                        posted = Err(e.to_ferry(Side::Remote));
-                        break;
-                    }
-                },
+            // Unpacked above for every descriptor.
+            let Some(Some(rkey)) = rkeys.get(item.rkey) else {
+                posted = Err(Error::InvalidMetadata {
+                    reason: "a descriptor names a remote key the metadata does not hold".into(),
+                });
+                break;
             };
             // SAFETY: the operation borrows `item.local` for `item.len` bytes (writable for a
-            // read: validated by the facade) and its cancel and drop wait, through this
-            // thread, until every request has finished (ActiveOp's drain), so the memory
-            // outlives UCX's use of it.
+            // read: validated by the facade); its cancel and drop wait, through this thread,
+            // until every request has finished (ActiveOp's drain), and a post that fails after
+            // posting some requests returns only once they have finished (`settle` below), so
+            // the memory outlives UCX's use of it.
             let request = unsafe {
                 match kind {
                     OperationKind::Read => {
-                        endpoint.get_raw(item.local as *mut u8, item.len, item.remote, &rkey)
+                        endpoint.get_raw(item.local as *mut u8, item.len, item.remote, rkey)
                     }
                     OperationKind::Write => {
-                        endpoint.put_raw(item.local as *const u8, item.len, item.remote, &rkey)
+                        endpoint.put_raw(item.local as *const u8, item.len, item.remote, rkey)
                     }
                 }
             };
@@ -345,37 +355,39 @@ impl Progress {
         };
         let flush = match flush {
             Ok(flush) => Some(flush),
-            Err(e) if rma.is_empty() => return Err(e),
             Err(e) => {
-                // Some requests are in flight: they must finish before the caller's memory is
-                // released, so they stay as an operation already being cancelled (its peer is
-                // told `<key>:cancel`), and the post reports the error.
-                let (orphan, _) = mpsc::sync_channel(1);
-                self.ops.insert(
-                    id,
-                    ActiveOp {
-                        endpoint,
-                        key,
-                        phase: Phase::Moving { rma, flush: None },
-                        _rkeys: rkeys.into_iter().flatten().collect(),
-                        cancel: Some((orphan, Instant::now() + DRAIN)),
-                    },
-                );
+                // Requests already posted move the caller's memory: the post reports its error
+                // only once they have finished, since the caller may free the memory then.
+                self.settle(&mut rma);
                 return Err(e);
             }
         };
+        let _rkeys: Vec<RemoteKey> = rkeys.into_iter().flatten().collect();
         self.ops.insert(
             id,
             ActiveOp {
                 endpoint,
                 key,
                 phase: Phase::Moving { rma, flush },
-                _rkeys: rkeys.into_iter().flatten().collect(),
+                _rkeys,
                 cancel: None,
             },
         );
         self.advance();
         Ok(())
+    }
+
+    /// Progresses the worker until every request in `rma` has finished (well or not), for up to
+    /// [`DRAIN`]; past that UCX still owns memory its caller is about to free, and nothing safe
+    /// is left but to stop the process.
+    fn settle(&mut self, rma: &mut [Request]) {
+        let deadline = Instant::now() + DRAIN;
+        while rma.iter_mut().any(|request| request.poll().is_none()) {
+            if Instant::now() >= deadline {
+                abort_unsafe("the requests of a failed UCX post did not finish within the drain");
+            }
+            let _ = self.worker.progress();
+        }
     }
 
     /// Moves every active operation on as far as its requests allow; true if any moved.
