@@ -17,6 +17,10 @@
 //! 6. `/opt/nvidia/nvda_nixl/lib/x86_64-linux-gnu` and `/opt/nvidia/nvda_nixl/lib64`, where
 //!    NIXL's own installer puts it.
 //!
+//! A process that already has a UCX in its global scope (it links the system's `libucp`, as
+//! `ferry-backend-ucx` does) gets [`UCX_CONFLICT`] instead: NIXL's UCX plugin would bind to
+//! that UCX rather than the wheel's and abort on an assertion.
+//!
 //! # The crash at exit, and its containment
 //! The wheel bundles UCX and its own copies of `libibverbs` and `libnl`, but its UCX EFA
 //! transport module (`libuct_ib_efa.so`) links the system's `libefa`. Where rdma-core's
@@ -53,6 +57,25 @@ const RTLD_GLOBAL: c_int = 0x100;
 extern "C" {
     fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
     fn dlerror() -> *const c_char;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+}
+
+/// glibc's `RTLD_DEFAULT`: look a symbol up in the process's global scope.
+const RTLD_DEFAULT: *mut c_void = std::ptr::null_mut();
+
+/// Why NIXL cannot run in a process whose global scope already holds a UCX.
+pub const UCX_CONFLICT: &str =
+    "this process already links a UCX of its own (the system's libucp, e.g. through \
+     ferry-backend-ucx); NIXL's UCX plugin would bind to it instead of the wheel's UCX and \
+     abort (ucs_debug_initialized assertion), so NIXL is not started here";
+
+/// Whether a UCX is in the process's global scope before NIXL loaded one: NIXL's plugin would
+/// resolve UCX's symbols to it, a different version, and abort.
+fn ucx_already_loaded() -> bool {
+    let symbol = c"ucp_init_version";
+    // SAFETY: a lookup by a valid NUL-terminated name in the global scope; the result is only
+    // compared with null, never called.
+    !unsafe { dlsym(RTLD_DEFAULT, symbol.as_ptr()) }.is_null()
 }
 
 /// Where the library was loaded from.
@@ -132,6 +155,9 @@ fn has_efa_device() -> bool {
 }
 
 fn load_once(explicit: Option<&Path>) -> Result<Loaded, String> {
+    if ucx_already_loaded() {
+        return Err(UCX_CONFLICT.to_owned());
+    }
     if let Some(modules) = ucx_modules() {
         // Before NIXL, and so UCX, is loaded: libucs reads its global options once, when it
         // is loaded. No other code of this process reads UCX_MODULES.
