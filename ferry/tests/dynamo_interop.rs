@@ -128,14 +128,15 @@ impl DynamoPeer {
     async fn quit(&mut self) -> std::process::ExitStatus {
         self.send(json!({"op": "quit"}));
         self.answer("quit").await;
-        let deadline = Instant::now() + TIMEOUT;
+        // Its answers' pipe closes when the process exits: the reader then ends the channel.
         loop {
-            match self.child.try_wait().expect("waiting for the Dynamo peer") {
-                Some(status) => return status,
-                None if Instant::now() > deadline => panic!("the Dynamo peer did not exit"),
-                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            match timeout(TIMEOUT, self.answers.recv()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(_) => panic!("the Dynamo peer did not exit within {TIMEOUT:?}"),
             }
         }
+        self.child.wait().expect("waiting for the Dynamo peer")
     }
 }
 
