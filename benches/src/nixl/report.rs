@@ -4,9 +4,9 @@
 //! Targets: ferry's throughput at least [`THROUGHPUT_TARGET`] × raw from [`THROUGHPUT_FROM`]
 //! bytes up; at most [`ADDED_TARGET_US`] µs added to a [`LATENCY_SIZE`]-byte operation (ferry
 //! p50 − raw p50); and a cycle at least [`CYCLE_TARGET`] × faster than the same cycle between
-//! two Dynamo Python workers. That last one needs a Dynamo figure, which this program does not
-//! measure: [`NixlReport::dynamo_cycle`] is where one goes ([`CycleBaseline`]); until then the
-//! table says the target is pending.
+//! two Dynamo Python workers. That last one needs a Dynamo figure: [`super::dynamo`] measures
+//! one where the Dynamo venv exists and puts it in [`NixlReport::dynamo_cycle`]
+//! ([`CycleBaseline`]); without it the table says the target is pending.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -35,9 +35,8 @@ pub const ADDED_TARGET_US: f64 = 5.0;
 pub const CYCLE_TARGET: f64 = 30.0;
 
 /// A cycle measured elsewhere to compare ferry's with: the same cycle (create_readable, then
-/// begin_read, then both sides complete) between two Dynamo Python workers. Nothing in this
-/// crate makes one; a later source (a script driving Dynamo's `nixl_connect`, a file of its
-/// figures) fills it.
+/// begin_read, then both sides complete) between two Dynamo Python workers, as
+/// [`super::dynamo::measure`] takes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CycleBaseline {
     /// What was measured and how, for the report (versions, command).

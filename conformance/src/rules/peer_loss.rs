@@ -15,7 +15,7 @@ pub async fn peer_loss_active_sees_passive_crash<H: Harness>(h: H) -> Outcome {
     let (readable, mut read) = read_pair(&a, &b, &source, &mut landing).await;
     if let Err(skip) = h.crash(&a) {
         // Nothing may be left in flight over memory about to be freed: a transport that
-        // cannot revoke access (NIXL over UCX's software RMA) would still serve the read.
+        // cannot revoke access would still serve the read from it.
         let _ = read.wait_for_completion().await;
         return Err(skip);
     }
