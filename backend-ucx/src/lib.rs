@@ -22,8 +22,8 @@
 //! This crate links the system's `libucp`/`libucs` at build time. NIXL's UCX plugin loads the
 //! UCX 1.23 inside its wheel; in a process that already has the system `libucs`, loading it
 //! aborts in `ucs_init` (`Assertion '!ucs_debug_initialized' failed`, observed with NIXL
-//! 1.5.1). So a binary must not contain both this crate and a NIXL backend that it uses
-//! ([`NIXL_CONFLICT`]); ferry's `ucx` feature is not a default for that reason.
+//! 1.5.1). So ferry-backend-nixl refuses to start in a process whose global scope already
+//! holds a UCX (its `library::UCX_CONFLICT`), and ferry's `ucx` feature is not a default.
 //!
 //! # Building without UCX
 //! `build.rs` runs `pkg-config --cflags --libs ucx` and bindgen. Where UCX or libclang is
@@ -69,11 +69,6 @@ pub mod sys;
 #[cfg(ferry_ucx_missing)]
 #[path = "safe_missing.rs"]
 pub mod safe;
-
-/// Why NIXL cannot run in a process that links this crate (see the crate docs).
-pub const NIXL_CONFLICT: &str = "this binary links the system UCX (ferry-backend-ucx, UCX 1.13); \
-     NIXL's UCX plugin loads its own UCX 1.23, and the second libucs aborts the process in \
-     ucs_init (build the ucx and nixl backends into separate binaries)";
 
 /// Whether this build has UCX (the build script found it with `pkg-config`).
 pub const UCX_BUILT: bool = cfg!(not(ferry_ucx_missing));

@@ -27,15 +27,8 @@ impl NixlHarness {
 
 impl Harness for NixlHarness {
     fn available(&self) -> Result<(), Skip> {
-        // A binary that links the system UCX cannot load NIXL's (see ferry::ucx).
-        #[cfg(feature = "ucx")]
-        {
-            Err(Skip(ferry::ucx::NIXL_CONFLICT.into()))
-        }
-        #[cfg(not(feature = "ucx"))]
-        {
-            ferry::nixl::available(None).map(|_| ()).map_err(Skip)
-        }
+        // Also refuses where the binary links the system UCX (library::UCX_CONFLICT).
+        ferry::nixl::available(None).map(|_| ()).map_err(Skip)
     }
 
     async fn connector(&self, options: Options) -> Connector {

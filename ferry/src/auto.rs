@@ -80,10 +80,8 @@ fn built(name: &str) -> bool {
 /// Whether a built backend can run on this machine (its native library loads).
 fn usable_here(name: &str) -> Result<(), String> {
     match name {
-        // A binary that links the system UCX cannot load NIXL's (see ferry_backend_ucx).
-        #[cfg(all(feature = "nixl", feature = "ucx"))]
-        "nixl" => Err(ferry_backend_ucx::NIXL_CONFLICT.to_owned()),
-        #[cfg(all(feature = "nixl", not(feature = "ucx")))]
+        // Also refuses where the binary links the system UCX (library::UCX_CONFLICT).
+        #[cfg(feature = "nixl")]
         "nixl" => ferry_backend_nixl::available(None).map(|_| ()),
         #[cfg(feature = "ucx")]
         "ucx" => ferry_backend_ucx::available(),
