@@ -38,6 +38,13 @@ else
             break
         fi
     done
+    if [ -z "$python" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        # A fresh Debian has python3 without pip.
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
+        echo "install-nixl: installed python3-pip"
+        python3 -m pip --version >/dev/null 2>&1 && python=python3
+    fi
     if [ -z "$python" ]; then
         echo "install-nixl: needs python3 with pip to fetch the nixl-cu12 wheel" >&2
         exit 1
