@@ -33,9 +33,22 @@ pub struct Row {
     pub summary: Summary,
     /// Whether the warm-up's bytes were verified.
     pub verified: bool,
+    /// iperf3's rates (bytes per second) in the runs just before and just after this row, when
+    /// the run bracketed its rows; empty otherwise. The row's ratio is taken against their
+    /// mean, so a load that comes and goes on a shared machine weighs on both sides alike.
+    pub iperf_around: Vec<f64>,
 }
 
 impl Row {
+    /// The iperf3 rate this row is judged against: the mean of [`Row::iperf_around`], if any.
+    pub fn bracket_rate(&self) -> Option<f64> {
+        if self.iperf_around.is_empty() {
+            None
+        } else {
+            Some(self.iperf_around.iter().sum::<f64>() / self.iperf_around.len() as f64)
+        }
+    }
+
     /// Mean throughput, bytes per second: in flight × bytes × iterations ÷ total time (for
     /// one in flight, bytes × operations ÷ total operation time; for N, the bytes of every
     /// batch ÷ total batch time).
@@ -178,11 +191,13 @@ impl Report {
     }
 
     /// How `row` compares with its baseline, where one applies: throughput from
-    /// [`THROUGHPUT_FROM`] bytes (at any number in flight), latency at [`PONG_BYTES`] (one
+    /// [`THROUGHPUT_FROM`] bytes (at any number in flight) against the iperf3 runs around the
+    /// row, or the whole run's when it was not bracketed; latency at [`PONG_BYTES`] (one
     /// operation in flight only: a batch's time is not one operation's).
     pub fn ratio(&self, row: &Row) -> Option<Ratio> {
         if row.size >= THROUGHPUT_FROM {
-            Some(Ratio::Throughput(row.throughput() / self.iperf_rate()?))
+            let baseline = row.bracket_rate().or_else(|| self.iperf_rate())?;
+            Some(Ratio::Throughput(row.throughput() / baseline))
         } else if row.size == PONG_BYTES && row.in_flight == 1 {
             let floor = self.ping_pong.p50.as_secs_f64();
             Some(Ratio::Latency(
@@ -202,10 +217,10 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(
-            "| size | op | in flight | iterations | p50 µs | p99 µs | GB/s (mean) | ratio | target \
-             | bytes |\n",
+            "| size | op | in flight | iterations | p50 µs | p99 µs | GB/s (mean) | iperf3 around \
+             | ratio | target | bytes |\n",
         );
-        out.push_str("|---:|---|---:|---:|---:|---:|---:|---|---|---|\n");
+        out.push_str("|---:|---|---:|---:|---:|---:|---:|---|---|---|---|\n");
         for row in &self.rows {
             let (ratio, target) = match self.ratio(row) {
                 Some(r) => (
@@ -218,9 +233,14 @@ impl Report {
                 ),
                 None => ("".into(), "".into()),
             };
+            let around: Vec<String> = row
+                .iperf_around
+                .iter()
+                .map(|rate| format!("{:.3}", gigabytes(*rate)))
+                .collect();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.3} | {ratio} | {target} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.3} | {} | {ratio} | {target} | {} |",
                 format_size(row.size),
                 row.direction,
                 row.in_flight,
@@ -228,6 +248,7 @@ impl Report {
                 micros(row.summary.p50),
                 micros(row.summary.p99),
                 gigabytes(row.throughput()),
+                around.join(" / "),
                 if row.verified {
                     "verified"
                 } else {
@@ -278,7 +299,10 @@ impl Report {
              together; their iterations are batches, their p50/p99 are per batch (just before \
              the first begin to the last of the N completions), and their GB/s is N × size × \
              batches ÷ total batch time. One verified warm-up (operation or batch) per row is \
-             not timed. Wall time of the run: {:.1} s.",
+             not timed. \"iperf3 around\" lists the iperf3 runs just before and just after a \
+             row, in GB/s; a row that has them is judged against their mean, any other \
+             throughput row against the mean of the whole run's iperf3 runs. Wall time of the \
+             run: {:.1} s.",
             self.wall.as_secs_f64()
         );
         out
@@ -322,6 +346,7 @@ impl Report {
                     "latency_per": if row.in_flight > 1 { "batch" } else { "operation" },
                     "latency": summary(&row.summary),
                     "bytes_per_second": row.throughput(),
+                    "iperf3_around_bytes_per_second": row.iperf_around,
                     "verified": row.verified,
                     "ratio": ratio.map(|r| json!({
                         "kind": match r { Ratio::Throughput(_) => "throughput_vs_iperf3", Ratio::Latency(_) => "p50_vs_ping_pong_p50" },
@@ -386,6 +411,7 @@ mod tests {
                     direction: "read",
                     summary: summary(60, 10),
                     verified: true,
+                    iperf_around: Vec::new(),
                 },
                 Row {
                     size: 1 << 20,
@@ -393,6 +419,7 @@ mod tests {
                     direction: "write",
                     summary: summary(1000, 10),
                     verified: true,
+                    iperf_around: Vec::new(),
                 },
                 Row {
                     size: 4096,
@@ -400,6 +427,7 @@ mod tests {
                     direction: "read",
                     summary: summary(120, 10),
                     verified: true,
+                    iperf_around: Vec::new(),
                 },
                 Row {
                     size: 1 << 20,
@@ -407,6 +435,7 @@ mod tests {
                     direction: "write",
                     summary: summary(4000, 10),
                     verified: true,
+                    iperf_around: Vec::new(),
                 },
             ],
             skipped: vec![(1 << 30, "not enough memory".into())],
@@ -458,7 +487,7 @@ mod tests {
         let table = r.table();
         assert!(
             table.contains(
-                "| 1 MiB | write | 8 | 10 | 4000.0 | 4000.0 | 2.097 | 1.05 (GB/s ÷ iperf3) |"
+                "| 1 MiB | write | 8 | 10 | 4000.0 | 4000.0 | 2.097 |  | 1.05 (GB/s ÷ iperf3) |"
             ),
             "{table}"
         );
@@ -468,6 +497,29 @@ mod tests {
         assert_eq!(json["rows"][3]["latency_per"], "batch");
         assert_eq!(json["rows"][0]["latency_per"], "operation");
         assert!(json["rows"][2]["ratio"].is_null());
+    }
+
+    #[test]
+    fn a_bracketed_row_is_judged_against_the_runs_around_it() {
+        let iperf = Iperf {
+            bits_per_second: 8.0 * 4.0e9,
+            seconds: 3,
+        };
+        let mut r = report(Ok(vec![iperf]));
+        // 1 MiB per ms against the mean of 1 and 3 GB/s, not the whole run's 4 GB/s.
+        r.rows[1].iperf_around = vec![1.0e9, 3.0e9];
+        let throughput = r.ratio(&r.rows[1]).unwrap();
+        assert!((throughput.value() - 0.524_288).abs() < 1e-6);
+        // The row beside it has no bracket and keeps the whole run's baseline.
+        let batch = r.ratio(&r.rows[3]).unwrap();
+        assert!((batch.value() - 0.524_288).abs() < 1e-6);
+        assert!(r
+            .table()
+            .contains("| 1.049 | 1.000 / 3.000 | 0.52 (GB/s ÷ iperf3) |"));
+        assert_eq!(
+            r.json()["rows"][1]["iperf3_around_bytes_per_second"][1],
+            3.0e9
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use ferry_benches::baseline::{self, Iperf};
 use ferry_benches::cli::{self, command_line, on_worker, RunArgs};
-use ferry_benches::report::{Machine, Report, Row};
+use ferry_benches::report::{Machine, Report, Row, THROUGHPUT_FROM};
 use ferry_benches::stats::{micros, Summary};
 use ferry_benches::tcp::{self, Direction};
 use ferry_benches::units::format_size;
@@ -42,6 +42,11 @@ struct Args {
     /// Seconds per iperf3 run [default: 3, run before and after; --quick 1, run once].
     #[arg(long)]
     iperf_seconds: Option<u32>,
+    /// Seconds of an iperf3 run between consecutive throughput rows (sizes from 1 MiB), so
+    /// each such row is judged against the runs just before and just after it rather than
+    /// the whole run's; 0 turns it off [default: 1; --quick 0].
+    #[arg(long)]
+    bracket_seconds: Option<u32>,
     /// Operations in flight at once for the extra batch rows: for every size where size × N
     /// ≤ 128 MiB, batches of N operations (each on its own buffer, begun together, awaited
     /// together) are timed besides one operation at a time. 1 measures one at a time only.
@@ -182,10 +187,22 @@ async fn run(args: Args) -> Result<Report> {
         micros(ping_pong.p99)
     );
 
+    let bracket_seconds = match iperf_skipped {
+        Some(_) => 0,
+        None => args
+            .bracket_seconds
+            .unwrap_or(if args.run.quick { 0 } else { 1 }),
+    };
+    // The iperf3 run that ended just before the next row, if that row is bracketed.
+    let mut last_bracket: Option<f64> = None;
     let mut rows = Vec::new();
     for &size in &sizes {
         for in_flight in widths(size, args.in_flight) {
             for direction in [Direction::Read, Direction::Write] {
+                let bracketed = bracket_seconds > 0 && size >= THROUGHPUT_FROM;
+                if bracketed && last_bracket.is_none() {
+                    last_bracket = bracket(bracket_seconds).await?;
+                }
                 let measured =
                     tcp::measure(&connector, &mut peer, direction, size, in_flight, plan).await?;
                 eprintln!(
@@ -204,12 +221,21 @@ async fn run(args: Args) -> Result<Report> {
                         ", WRONG BYTES"
                     }
                 );
+                let mut iperf_around = Vec::new();
+                if bracketed {
+                    let after = bracket(bracket_seconds).await?;
+                    iperf_around.extend(last_bracket.into_iter().chain(after));
+                    last_bracket = after;
+                } else {
+                    last_bracket = None;
+                }
                 rows.push(Row {
                     size,
                     in_flight,
                     direction: direction.name(),
                     summary: measured.summary,
                     verified: measured.verified,
+                    iperf_around,
                 });
             }
         }
@@ -241,6 +267,15 @@ async fn run(args: Args) -> Result<Report> {
     args.run
         .write_outputs(|| report.json(), || report.markdown())?;
     Ok(report)
+}
+
+/// One iperf3 run of `seconds` between two rows: its rate in bytes per second.
+async fn bracket(seconds: u32) -> Result<Option<f64>> {
+    let rate = baseline::iperf3(seconds).await?.map(|run| run.bytes_per_second());
+    if let Some(rate) = rate {
+        eprintln!("iperf3 (between rows): {:.3} GB/s", rate / 1e9);
+    }
+    Ok(rate)
 }
 
 #[cfg(test)]
