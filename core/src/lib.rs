@@ -21,6 +21,8 @@
 //! - [`state::transition`]: SPEC §3's tables; events in, state out.
 //! - [`KeyTable`] and [`RegistrationCache`]: notification matching and registration
 //!   bookkeeping.
+//! - [`Settlement`]: one operation's ending, decided once between a backend thread and the
+//!   operation's owner (model-checked with loom).
 //! - [`Backend`], [`Peer`], [`Transfer`]: what a transport provides.
 //!
 //! What it does not do: open sockets, spawn tasks, read clocks or touch memory through raw
@@ -41,8 +43,10 @@ mod device;
 mod error;
 mod key;
 mod keys;
+mod loom;
 mod metadata;
 mod registration;
+mod settlement;
 pub mod state;
 mod status;
 mod validate;
@@ -57,5 +61,6 @@ pub use metadata::{
     EndpointBlob, RdmaMetadata, RemoteDescriptor, MAX_DESCRIPTORS, MAX_METADATA_JSON,
 };
 pub use registration::{CacheStats, Lease, PinTicket, RegistrationCache};
+pub use settlement::{Settlement, Settler};
 pub use status::{OperationKind, OperationStatus};
 pub use validate::{validate_active, validate_passive};
