@@ -242,13 +242,22 @@ impl Connector {
         &self,
         descriptors: impl IntoIterator<Item = &'buf Descriptor<'buf>>,
     ) -> Result<Registration<'buf>, Error> {
+        let regions: Vec<Region> = descriptors.into_iter().map(Descriptor::region).collect();
+        self.register_regions(&regions)
+    }
+
+    /// Registers `regions` as [`Connector::register`] does, for memory the caller keeps
+    /// borrowed for `'buf` itself (a KV pool holds its memory exclusively to receive into it).
+    pub(crate) fn register_regions<'buf>(
+        &self,
+        regions: &[Region],
+    ) -> Result<Registration<'buf>, Error> {
         let mut registration = Registration {
             connector: self.inner.clone(),
             pins: Vec::new(),
             memory: std::marker::PhantomData,
         };
-        for descriptor in descriptors {
-            let region = descriptor.region();
+        for &region in regions {
             if !self.capabilities().reaches(region.device) {
                 return Err(Error::UnsupportedDevice {
                     device: region.device,

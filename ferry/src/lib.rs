@@ -46,6 +46,7 @@
 mod auto;
 mod connector;
 pub mod demo;
+pub mod kv;
 mod operation;
 
 pub use auto::{probe, BackendProbe, Probe, BACKEND_ENV, PREFERENCE};
