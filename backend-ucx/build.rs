@@ -45,6 +45,9 @@ const FUNCTIONS: &[&str] = &[
     "ucp_request_free",
     "ucp_request_cancel",
     "ucs_status_string",
+    // `ferry probe`: what UCX enabled and selected (`transports.rs`), printed into a stream.
+    "ucp_context_print_info",
+    "ucp_ep_print_info",
 ];
 
 /// Enums whose constants the safe layer names (generated as modules of constants, never Rust

@@ -35,7 +35,8 @@
 //! # Configuration
 //! UCX reads its own environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...) in `ucp_config_read`;
 //! nothing here overrides it. On one host with loopback only, `UCX_NET_DEVICES=lo` keeps
-//! connection set-up on `tcp/lo`.
+//! connection set-up on `tcp/lo`. [`transports()`] reports which transports that enabled and
+//! which UCX selects for the backend's endpoints (`ferry probe` shows it).
 //!
 //! # Example
 //! ```
@@ -55,9 +56,11 @@
 mod backend;
 pub mod blob;
 mod error;
+mod transports;
 pub use backend::{available, UcxBackend, UcxStats, DRAIN};
 pub use blob::NAME;
 pub use error::Error;
+pub use transports::{transports, Lane, Transports};
 
 #[cfg(not(ferry_ucx_missing))]
 pub mod result;

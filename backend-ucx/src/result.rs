@@ -536,6 +536,67 @@ pub unsafe fn request_free(request: NonNull<c_void>) {
     unsafe { sys::ucp_request_free(request.as_ptr()) }
 }
 
+/// What a `ucp_*_print_info` call writes, captured through an in-memory stream
+/// (`open_memstream`): `print` gets the stream, and the text it wrote comes back.
+///
+/// # Safety
+/// `print` writes only through the stream it is given and does not close it.
+unsafe fn printed(call: &'static str, print: impl FnOnce(*mut sys::FILE)) -> Result<String> {
+    let mut buffer: *mut libc::c_char = ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: two valid out-pointers; the stream is closed below, once.
+    let stream = unsafe { libc::open_memstream(&mut buffer, &mut size) };
+    if stream.is_null() {
+        return Err(status_error(call, status::UCS_ERR_NO_MEMORY));
+    }
+    // bindgen's FILE and libc's are the same C type (glibc's struct _IO_FILE), named twice.
+    print(stream.cast::<sys::FILE>());
+    // SAFETY: the stream is live and closed once; closing sets `buffer` and `size` to the
+    // text written.
+    let closed = unsafe { libc::fclose(stream) };
+    if buffer.is_null() {
+        return Err(status_error(call, status::UCS_ERR_NO_MEMORY));
+    }
+    let text = if closed == 0 {
+        // SAFETY: after fclose, `buffer` holds `size` bytes written to the stream.
+        let bytes = unsafe { std::slice::from_raw_parts(buffer.cast::<u8>(), size) };
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    } else {
+        Err(status_error(call, status::UCS_ERR_IO_ERROR))
+    };
+    // SAFETY: open_memstream's buffer is the caller's to free with free(3), once.
+    unsafe { libc::free(buffer.cast()) };
+    text
+}
+
+/// `ucp_context_print_info`: the context's components, memory domains and the resources
+/// (transport/device pairs) its configuration enabled, as UCX prints them.
+///
+/// # Safety
+/// `context` is live.
+pub unsafe fn context_info(context: NonNull<sys::ucp_context>) -> Result<String> {
+    // SAFETY: live context (the caller's contract); the stream is live during the call.
+    unsafe {
+        printed("ucp_context_print_info", |stream| {
+            sys::ucp_context_print_info(context.as_ptr(), stream)
+        })
+    }
+}
+
+/// `ucp_ep_print_info`: the endpoint's lanes (the transport and device each uses, and for
+/// what) and its protocol thresholds, as UCX prints them.
+///
+/// # Safety
+/// `ep` is live and its worker is not used concurrently.
+pub unsafe fn ep_info(ep: NonNull<sys::ucp_ep>) -> Result<String> {
+    // SAFETY: live endpoint (the caller's contract); the stream is live during the call.
+    unsafe {
+        printed("ucp_ep_print_info", |stream| {
+            sys::ucp_ep_print_info(ep.as_ptr(), stream)
+        })
+    }
+}
+
 /// The UCX library's version (`ucp_get_version`), as `(major, minor, release)`.
 pub fn version() -> (u32, u32, u32) {
     let (mut major, mut minor, mut release) = (0, 0, 0);

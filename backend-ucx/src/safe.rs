@@ -88,6 +88,14 @@ impl Context {
         })
     }
 
+    /// What UCX prints about the context (`ucp_context_print_info`): among other things one
+    /// `resource` line per transport and device its configuration (`UCX_TLS`,
+    /// `UCX_NET_DEVICES`) enabled.
+    pub fn info(&self) -> Result<String> {
+        // SAFETY: the context is live while `self` is.
+        unsafe { result::context_info(self.inner.raw) }
+    }
+
     /// Creates a worker (`UCS_THREAD_MODE_SINGLE`).
     pub fn create_worker(&self) -> Result<Worker> {
         let params = sys::ucp_worker_params_t {
@@ -571,6 +579,13 @@ impl Endpoint {
         unsafe { &*self.inner.failure }
             .get()
             .map(|code| result::status_error("endpoint error handler", code))
+    }
+
+    /// What UCX prints about the endpoint (`ucp_ep_print_info`): one `lane[N]` line per
+    /// transport and device it selected, with what each lane carries (`am`, `rma_bw`, ...).
+    pub fn info(&self) -> Result<String> {
+        // SAFETY: live endpoint; its worker is used from this thread only (!Send).
+        unsafe { result::ep_info(self.inner.raw) }
     }
 
     /// Unpacks a peer's packed remote key (`ucp_ep_rkey_unpack`) after checking that it is

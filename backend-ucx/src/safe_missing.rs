@@ -36,6 +36,11 @@ impl Context {
     }
 
     /// Unreachable: no context exists in this build.
+    pub fn info(&self) -> Result<String> {
+        match self.never {}
+    }
+
+    /// Unreachable: no context exists in this build.
     pub fn create_worker(&self) -> Result<Worker> {
         match self.never {}
     }
@@ -170,6 +175,10 @@ pub struct Endpoint {
 impl Endpoint {
     /// Unreachable.
     pub fn failure(&self) -> Option<Error> {
+        match self.never {}
+    }
+    /// Unreachable.
+    pub fn info(&self) -> Result<String> {
         match self.never {}
     }
     /// Unreachable.

@@ -38,6 +38,7 @@ pub mod baseline;
 pub mod cli;
 pub mod clock;
 pub mod join;
+pub mod kv;
 pub mod lines;
 pub mod nixl;
 pub mod peer;

@@ -22,6 +22,32 @@ pub struct BackendProbe {
     pub built: bool,
     /// `None` if usable on this machine, else why not.
     pub unusable: Option<String>,
+    /// For a usable backend over a native transport library (`ucx`): which transports that
+    /// library enabled and selected here, or why it could not say. `None` for the others.
+    pub transports: Option<Result<Transports, String>>,
+}
+
+/// Which transports a backend's native library enabled and selected on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Transports {
+    /// The library's environment variables as set in this process (for ucx every `UCX_*`:
+    /// `UCX_TLS`, `UCX_NET_DEVICES`, ...).
+    pub environment: Vec<(String, String)>,
+    /// The `transport/device` pairs its configuration enabled (`tcp/lo`, `posix/memory`, ...).
+    pub enabled: Vec<String>,
+    /// What it selected for a connection as the backend makes them: per lane, the
+    /// `transport/device` and what the lane carries (for ucx, a connection between two
+    /// workers of this process, as to a peer on this host).
+    pub selected: Vec<SelectedTransport>,
+}
+
+/// One transport a connection uses, and for what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SelectedTransport {
+    /// `transport/device`, as the library names it.
+    pub transport: String,
+    /// What it carries, in the library's words (ucx: `am`, `rma_bw#0`, `wireup`, ...).
+    pub uses: Vec<String>,
 }
 
 /// What [`probe`] found, and what [`Connector::auto`] would pick.
@@ -48,10 +74,15 @@ pub fn probe() -> Probe {
                 )),
                 true => usable_here(name).err(),
             };
+            let transports = match unusable {
+                None => transports(name),
+                Some(_) => None,
+            };
             BackendProbe {
                 name,
                 built,
                 unusable,
+                transports,
             }
         })
         .collect();
@@ -86,6 +117,30 @@ fn usable_here(name: &str) -> Result<(), String> {
         #[cfg(feature = "ucx")]
         "ucx" => ferry_backend_ucx::available(),
         _ => Ok(()),
+    }
+}
+
+/// Which transports a usable backend's native library enabled and selected, where it can say.
+fn transports(name: &str) -> Option<Result<Transports, String>> {
+    match name {
+        #[cfg(feature = "ucx")]
+        "ucx" => Some(
+            ferry_backend_ucx::transports()
+                .map(|found| Transports {
+                    environment: found.environment,
+                    enabled: found.enabled,
+                    selected: found
+                        .selected
+                        .into_iter()
+                        .map(|lane| SelectedTransport {
+                            transport: lane.transport,
+                            uses: lane.uses,
+                        })
+                        .collect(),
+                })
+                .map_err(|e| e.to_string()),
+        ),
+        _ => None,
     }
 }
 

@@ -49,7 +49,9 @@ pub mod demo;
 pub mod kv;
 mod operation;
 
-pub use auto::{probe, BackendProbe, Probe, BACKEND_ENV, PREFERENCE};
+pub use auto::{
+    probe, BackendProbe, Probe, SelectedTransport, Transports, BACKEND_ENV, PREFERENCE,
+};
 pub use connector::{Connector, ConnectorBuilder, ConnectorStats, Registration};
 pub use ferry_core::{
     Backend, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, NotificationKey,

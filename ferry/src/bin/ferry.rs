@@ -146,10 +146,36 @@ fn probe(json: bool) -> ExitCode {
             b.name,
             if b.built { "yes" } else { "no" }
         );
+        match &b.transports {
+            Some(Ok(found)) => print_transports(found),
+            Some(Err(why)) => println!("{:<14} transports unknown: {why}", ""),
+            None => {}
+        }
     }
     match &probe.choice {
         Ok(name) => println!("Connector::auto() picks: {name} ({})", probe.reason),
         Err(e) => println!("Connector::auto() fails: {e}"),
     }
     ExitCode::SUCCESS
+}
+
+/// The lines under a backend's row: its environment, what it enabled, what it selected.
+fn print_transports(found: &ferry::Transports) {
+    let environment: Vec<String> = found
+        .environment
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    let selected: Vec<String> = found
+        .selected
+        .iter()
+        .map(|lane| format!("{} ({})", lane.transport, lane.uses.join(" ")))
+        .collect();
+    let none = |list: Vec<String>, separator: &str| match list.is_empty() {
+        true => "none".to_string(),
+        false => list.join(separator),
+    };
+    println!("{:<14} environment: {}", "", none(environment, " "));
+    println!("{:<14} enabled: {}", "", none(found.enabled.clone(), ", "));
+    println!("{:<14} selected: {}", "", none(selected, ", "));
 }
