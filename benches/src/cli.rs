@@ -39,6 +39,18 @@ pub async fn on_worker<T: Send + 'static>(
         .map_err(|e| format!("the benchmark task panicked or was cancelled: {e}"))?
 }
 
+/// Runs `work` on a worker ([`on_worker`]) of a new multi-thread runtime, blocking until it
+/// ends; an error also where the runtime cannot start.
+pub fn block_on_worker<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no tokio runtime: {e}"))?
+        .block_on(on_worker(work))
+}
+
 /// The sizes of a full run: a page to a GiB.
 pub const FULL_SIZES: [usize; 6] = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30];
 
