@@ -30,7 +30,8 @@
 //! [`baseline`] (iperf3 and a bare tokio ping-pong), [`report`] (the markdown table and the
 //! JSON file), [`join`] (awaiting several operations at once, for batches in flight), and one
 //! module per backend: [`tcp`] (ferry-bench-tcp) and [`nixl`] (ferry-bench-nixl: ferry's nixl
-//! backend beside a raw nixl-sys loop in the same two processes).
+//! backend beside a raw nixl-sys loop in the same two processes) and, with the `ucx` feature,
+//! `ucx` (ferry-bench-ucx: ferry's ucx backend beside `ucx_perftest` in the same run).
 
 #![forbid(unsafe_code)]
 
@@ -45,6 +46,8 @@ pub mod peer;
 pub mod report;
 pub mod stats;
 pub mod tcp;
+#[cfg(feature = "ucx")]
+pub mod ucx;
 pub mod units;
 
 /// The error type of the harness: anything that stops a run, with its message.

@@ -1,0 +1,220 @@
+//! ferry's ucx backend between two processes, beside `ucx_perftest` ([`perftest`]) run in the
+//! same run with the same `UCX_*` environment.
+//!
+//! ```text
+//!  ferry-bench-ucx (active side)                ferry-bench-ucx --peer (passive side)
+//!  ─────────────────────────────                ─────────────────────────────────────
+//!  {"op":"writable","size":N} ──── stdin ─────▶ create_writable(buffer)
+//!  RdmaMetadata::from_json    ◀─── stdout ───── metadata().to_json()
+//!  begin_write ─┐ (timed)                       wait_for_completion()
+//!               │◀═ UCX: put, flush, AM(key) ═▶ │
+//!  wait_for_completion ─┘                       └─ at_ns (when it returned)
+//!                             ◀─── stdout ───── {"done":true,"at_ns":T}
+//!  ucx_perftest 127.0.0.1 -t ucp_put_bw ◀══════▶ ucx_perftest -t ucp_put_bw  (server)
+//! ```
+//!
+//! **What is timed.** As in ferry-bench-nixl: from just before `begin_write` (or
+//! `begin_read`) until **both** sides know the operation finished, the later of the active
+//! side's `wait_for_completion` returning `Ok` and the passive side's (the peer reports that
+//! instant as nanoseconds of the system clock both processes share). For a write that is one
+//! put, the endpoint flush, and the completion notification (an active message) arriving at
+//! the peer. The metadata exchange over the pipe is not in it; the active side's own time is
+//! kept too.
+//!
+//! Both processes inherit this process's environment, so ferry and `ucx_perftest` run under
+//! the same `UCX_TLS` and `UCX_NET_DEVICES`. ferry's endpoints use
+//! `UCP_ERR_HANDLING_MODE_PEER` and `UCP_FEATURE_WAKEUP`; `ucx_perftest` by default uses
+//! neither, so UCX may select other transports for it (`ferry probe` shows ferry's).
+
+pub mod perftest;
+pub mod report;
+
+use std::time::Duration;
+
+use ferry::ucx::UcxBackend;
+use ferry::Connector;
+use serde_json::json;
+
+use crate::clock::unix_nanos;
+use crate::lines::{Closed, JsonLines};
+use crate::peer::{serve_passive, transfer_against, Direction, Local, PeerBuffer, PeerProcess};
+use crate::report::Row;
+use crate::stats::{IterationPlan, Summary};
+use crate::{checksum, operation_limit, Result};
+
+/// Seed of the pattern a peer's readable holds ([`ferry::demo::pattern`]).
+pub const READ_SEED: u64 = 0x5543_5852;
+
+/// Seed of the pattern the active side writes.
+pub const WRITE_SEED: u64 = 0x5543_5857;
+
+/// How long the peer waits for its next command before it gives up on the active side.
+const COMMAND_LIMIT: Duration = Duration::from_secs(600);
+
+/// A Connector on a fresh ucx backend (UCX reads `UCX_*` from the environment).
+pub async fn connector(worker_id: &str) -> Result<Connector> {
+    let backend = UcxBackend::new()?;
+    Ok(Connector::builder()
+        .worker_id(worker_id)
+        .backend(backend)
+        .build()
+        .await?)
+}
+
+/// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`) with
+/// [`serve_passive`] until `exit` or end of input. Its first line is
+/// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
+pub async fn run_peer() -> Result<()> {
+    let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
+    let connector = match connector("ferry-bench-ucx-peer").await {
+        Ok(connector) => connector,
+        Err(e) => {
+            io.send(&json!({"ready": false, "error": e.to_string()}))
+                .await?;
+            return Err(e);
+        }
+    };
+    io.send(&json!({"ready": true, "pid": std::process::id()}))
+        .await?;
+    let mut buffer = PeerBuffer::default();
+    loop {
+        let command = match io.recv(COMMAND_LIMIT).await {
+            Ok(command) => command,
+            Err(e) if e.is::<Closed>() => break,
+            Err(e) => return Err(e),
+        };
+        let op = command["op"].as_str().unwrap_or_default();
+        let size = command["size"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok());
+        let verify = command["verify"].as_bool().unwrap_or(false);
+        match (op, Direction::from_passive(op), size) {
+            ("exit", _, _) => break,
+            (_, Some(direction), Some(size)) => {
+                let seed = READ_SEED;
+                serve_passive(
+                    &connector,
+                    &mut io,
+                    &mut buffer,
+                    direction,
+                    size,
+                    seed,
+                    verify,
+                )
+                .await?
+            }
+            _ => {
+                let error = format!("unknown command {command}");
+                io.send(&json!({"error": error})).await?
+            }
+        }
+    }
+    buffer.release();
+    Ok(())
+}
+
+/// One size and direction, measured: the shared table row (one operation in flight; its
+/// summary runs until both sides knew each operation finished; `verified` says whether the
+/// warm-up's bytes arrived, checked in full for a read and by checksum for a write), and the
+/// same operations until the active side alone knew.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// Size, direction, the both-sides summary and the warm-up's check.
+    pub row: Row,
+    /// Each operation until the active side knew it finished.
+    pub active: Summary,
+}
+
+/// The active side: its Connector and the peer process.
+#[derive(Debug)]
+pub struct Bench {
+    connector: Connector,
+    peer: PeerProcess,
+}
+
+impl Bench {
+    /// Makes this process's Connector and starts the peer. The error says why UCX cannot be
+    /// used when it cannot.
+    pub async fn start() -> Result<Bench> {
+        let connector = connector("ferry-bench-ucx").await?;
+        let peer = PeerProcess::spawn(&[]).await?;
+        Ok(Bench { connector, peer })
+    }
+
+    /// The peer's process id, while it runs.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer.pid()
+    }
+
+    /// Tells the peer to exit and waits for it.
+    pub async fn exit(self) -> Result<()> {
+        let Bench { connector, peer } = self;
+        let exited = peer.exit().await;
+        drop(connector);
+        exited
+    }
+
+    /// Measures `direction` at `size`: one untimed warm-up whose bytes are checked, then
+    /// timed operations as `plan` says.
+    pub async fn measure(
+        &mut self,
+        size: usize,
+        direction: Direction,
+        plan: IterationPlan,
+    ) -> Result<Measured> {
+        let mut buffer = match direction {
+            Direction::Read => vec![0u8; size],
+            Direction::Write => ferry::demo::pattern(size, WRITE_SEED),
+        };
+        let (_, done) = self.operation(&mut buffer, direction, true).await?;
+        let verified = match direction {
+            Direction::Read => buffer == ferry::demo::pattern(size, READ_SEED),
+            Direction::Write => done["checksum"].as_u64() == Some(checksum(&buffer)),
+        };
+        let (mut both, mut active) = (Vec::new(), Vec::new());
+        let mut spent = Duration::ZERO;
+        while plan.wants_more(both.len(), spent) {
+            let (timing, _) = self.operation(&mut buffer, direction, false).await?;
+            spent += timing.0;
+            both.push(timing.0);
+            active.push(timing.1);
+        }
+        Ok(Measured {
+            row: Row {
+                size,
+                in_flight: 1,
+                direction: direction.name(),
+                summary: Summary::from_samples(both).ok_or("the plan asked for no operations")?,
+                verified,
+                iperf_around: Vec::new(),
+            },
+            active: Summary::from_samples(active).ok_or("no active samples")?,
+        })
+    }
+
+    /// One operation over `buffer`: asks the peer for its passive side, begins and awaits
+    /// the active one, and reads the peer's done line. Returns (both sides' time, active
+    /// side's time) and the done line.
+    async fn operation(
+        &mut self,
+        buffer: &mut [u8],
+        direction: Direction,
+        verify: bool,
+    ) -> Result<((Duration, Duration), serde_json::Value)> {
+        let size = buffer.len();
+        let limit = operation_limit(size);
+        let request = json!({"op": direction.passive(), "size": size, "verify": verify});
+        self.peer.io.send(&request).await?;
+        let metadata = self.peer.recv_metadata(size, limit).await?;
+        let begun = unix_nanos();
+        let local = Local::of(direction, buffer);
+        let active = transfer_against(&self.connector, &metadata, local, limit).await?;
+        let done = self.peer.recv_done(direction.passive(), limit).await?;
+        let at = done["at_ns"]
+            .as_u64()
+            .ok_or_else(|| format!("the peer's done line has no at_ns: {done}"))?;
+        // A peer instant before the start (a clock step) counts as no passive lag.
+        let passive = Duration::from_nanos(at.saturating_sub(begun));
+        Ok(((active.max(passive), active), done))
+    }
+}
