@@ -271,7 +271,9 @@ async fn run(args: Args) -> Result<Report> {
 
 /// One iperf3 run of `seconds` between two rows: its rate in bytes per second.
 async fn bracket(seconds: u32) -> Result<Option<f64>> {
-    let rate = baseline::iperf3(seconds).await?.map(|run| run.bytes_per_second());
+    let rate = baseline::iperf3(seconds)
+        .await?
+        .map(|run| run.bytes_per_second());
     if let Some(rate) = rate {
         eprintln!("iperf3 (between rows): {:.3} GB/s", rate / 1e9);
     }
