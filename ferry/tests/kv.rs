@@ -123,6 +123,28 @@ fn memory(layout: &KvLayout) -> Vec<Vec<u8>> {
     vec![vec![0u8; layout.span() as usize]; layout.allocations()]
 }
 
+/// The source pool, every chunk filled, and the empty destination pool.
+fn pools<'m>(
+    (prefill, source_layout, source_memory): (&Connector, KvLayout, &'m mut [Vec<u8>]),
+    (decode, destination_layout, destination_memory): (&Connector, KvLayout, &'m mut [Vec<u8>]),
+) -> (KvPool<'m>, KvPool<'m>) {
+    let per_layer = |memory: &'m mut [Vec<u8>]| memory.iter_mut().map(Vec::as_mut_slice).collect();
+    let mut source = KvPool::new(
+        prefill,
+        source_layout,
+        KvMemory::exclusive_per_layer(per_layer(source_memory)),
+    )
+    .expect("source pool");
+    fill(&mut source);
+    let destination = KvPool::new(
+        decode,
+        destination_layout,
+        KvMemory::exclusive_per_layer(per_layer(destination_memory)),
+    )
+    .expect("destination pool");
+    (source, destination)
+}
+
 /// Decode pulls: it sends its destination ids, prefill exposes a readable and answers with
 /// an offer, decode reads.
 async fn read_blocks(backend: Backend, planes: KvPlanes) {
@@ -131,25 +153,10 @@ async fn read_blocks(backend: Backend, planes: KvPlanes) {
     let (source_layout, destination_layout) = (prefill_layout(planes), decode_layout(planes));
     let mut source_memory = memory(&source_layout);
     let mut destination_memory = memory(&destination_layout);
-    let mut source = KvPool::new(
-        &prefill,
-        source_layout,
-        KvMemory::exclusive_per_layer(source_memory.iter_mut().map(Vec::as_mut_slice).collect()),
-    )
-    .expect("source pool");
-    fill(&mut source);
-    let mut destination = KvPool::new(
-        &decode,
-        destination_layout,
-        KvMemory::exclusive_per_layer(
-            destination_memory
-                .iter_mut()
-                .map(Vec::as_mut_slice)
-                .collect(),
-        ),
-    )
-    .expect("destination pool");
-
+    let (source, mut destination) = pools(
+        (&prefill, source_layout, &mut source_memory),
+        (&decode, destination_layout, &mut destination_memory),
+    );
     let wanted =
         KvBlockSet::from_json(&destination.block_set(&DESTINATION).expect("ids").to_json())
             .expect("the block set parses");
@@ -184,25 +191,10 @@ async fn write_blocks(backend: Backend, planes: KvPlanes) {
     let (source_layout, destination_layout) = (prefill_layout(planes), decode_layout(planes));
     let mut source_memory = memory(&source_layout);
     let mut destination_memory = memory(&destination_layout);
-    let mut source = KvPool::new(
-        &prefill,
-        source_layout,
-        KvMemory::exclusive(&mut source_memory[0]),
-    )
-    .expect("source pool");
-    fill(&mut source);
-    let mut destination = KvPool::new(
-        &decode,
-        destination_layout,
-        KvMemory::exclusive_per_layer(
-            destination_memory
-                .iter_mut()
-                .map(Vec::as_mut_slice)
-                .collect(),
-        ),
-    )
-    .expect("destination pool");
-
+    let (source, mut destination) = pools(
+        (&prefill, source_layout, &mut source_memory),
+        (&decode, destination_layout, &mut destination_memory),
+    );
     let sending = source.block_set(&SOURCE).expect("ids");
     let (mut writable, offer) = destination
         .create_writable(&DESTINATION, &sending)
