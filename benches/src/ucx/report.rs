@@ -120,7 +120,7 @@ impl UcxReport {
             };
             let (ratio, target) = match self.verdict(measured) {
                 Some((v, meaning)) => (
-                    format!("{:.2}", v.value),
+                    format!("{:.3}", v.value),
                     format!("{meaning}: {}", if v.met { "met" } else { "**missed**" }),
                 ),
                 None => ("".into(), "".into()),
