@@ -10,8 +10,10 @@ use crate::error::Error;
 use crate::key::{truncate, NotificationKey};
 use crate::status::OperationKind;
 
-/// Largest JSON document [`RdmaMetadata::from_json`] accepts (1 MiB).
-pub const MAX_METADATA_JSON: usize = 1 << 20;
+/// Largest JSON document [`RdmaMetadata::from_json`] accepts (8 MiB): room for
+/// [`MAX_DESCRIPTORS`] descriptors at their longest (`{"device":"cuda:4294967295","ptr":…,
+/// "size":…}` with 19-digit numbers is 85 bytes, 5.3 MiB in all) and a NIXL agent's blob.
+pub const MAX_METADATA_JSON: usize = 8 << 20;
 /// Most descriptors a metadata document may list.
 pub const MAX_DESCRIPTORS: usize = 65_536;
 
@@ -349,6 +351,35 @@ mod tests {
         ] {
             assert!(EndpointBlob::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Regression: the JSON bound was 1 MiB, which about 18 000 descriptors already filled, so
+    /// metadata a peer was allowed to send (a scattered 1 GiB KV-cache read has 32 640) could
+    /// not be decoded.
+    #[test]
+    fn the_most_descriptors_at_their_longest_decode() {
+        let md = RdmaMetadata {
+            descriptors: vec![
+                RemoteDescriptor {
+                    device: Device::Cuda(u32::MAX),
+                    ptr: u64::MAX / 2,
+                    size: u64::MAX / 2,
+                };
+                MAX_DESCRIPTORS
+            ],
+            nixl_metadata: EndpointBlob::Tagged {
+                backend: "nixl".into(),
+                version: 1,
+                payload: vec![0xa5; 1 << 20],
+            }
+            .encode(),
+            notification_key: NotificationKey::from_random_bytes([7; 16]),
+            operation_kind: OperationKind::Write,
+        };
+        let json = md.to_json();
+        assert!(json.len() <= MAX_METADATA_JSON, "{} bytes", json.len());
+        let decoded = RdmaMetadata::from_json(&json).map_err(|e| e.to_string());
+        assert!(decoded.as_ref() == Ok(&md), "{:?}", decoded.err());
     }
 
     #[test]
