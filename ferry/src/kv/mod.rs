@@ -150,6 +150,15 @@ pub enum KvError {
         /// The limit.
         most: u64,
     },
+    /// A transfer that would need more descriptors than metadata may list
+    /// ([`MAX_DESCRIPTORS`](crate::core::MAX_DESCRIPTORS)): move its blocks in several.
+    #[error("{descriptors} descriptors in one transfer; metadata lists at most {most}")]
+    TooManyDescriptors {
+        /// Runs the plan made.
+        descriptors: usize,
+        /// The limit.
+        most: usize,
+    },
     /// The memory given to a pool has the wrong number of allocations for its layout.
     #[error("the layout needs {expected} allocation(s), the memory has {found}")]
     AllocationCount {

@@ -3,7 +3,7 @@
 //! Both sides compute the plan from the same two (layout, block ids) pairs, so they arrive at
 //! the same descriptor count and sizes, which ferry's pairing rules require (SPEC §4).
 
-use ferry_core::Side;
+use ferry_core::{Side, MAX_DESCRIPTORS};
 
 use super::{KvError, KvLayout};
 
@@ -97,6 +97,12 @@ pub(crate) fn plan(
                 });
             }
         }
+    }
+    if runs.len() > MAX_DESCRIPTORS {
+        return Err(KvError::TooManyDescriptors {
+            descriptors: runs.len(),
+            most: MAX_DESCRIPTORS,
+        });
     }
     Ok(runs)
 }
@@ -221,5 +227,18 @@ mod tests {
             plan(&big, &ids, &big, &ids),
             Err(KvError::TooManyChunks { .. })
         ));
+        // More runs than metadata may list: every other block of 64 layers × 2 planes.
+        let mut wide = shape(KvPlanes::Separate, 1024);
+        wide.layers = 64;
+        let wide = KvLayout::new(wide).unwrap();
+        let even: Vec<u32> = (0..513).map(|i| 2 * i % 1024).collect();
+        let odd: Vec<u32> = (0..513).map(|i| (2 * i + 1) % 1024).collect();
+        assert_eq!(
+            plan(&wide, &even, &wide, &odd),
+            Err(KvError::TooManyDescriptors {
+                descriptors: 64 * 2 * 513,
+                most: MAX_DESCRIPTORS
+            })
+        );
     }
 }
