@@ -17,6 +17,8 @@ const LIMIT: Duration = Duration::from_secs(30);
 enum Backend {
     Sim,
     Tcp,
+    #[cfg(feature = "nixl")]
+    Nixl,
 }
 
 async fn connector(backend: Backend, name: &str) -> Connector {
@@ -28,6 +30,14 @@ async fn connector(backend: Backend, name: &str) -> Connector {
                 .await
                 .expect("a tcp listener on 127.0.0.1"),
         ),
+        #[cfg(feature = "nixl")]
+        Backend::Nixl => {
+            let agent = format!("kv-{name}-{}", std::process::id());
+            builder.backend(
+                ferry::nixl::NixlBackend::new(ferry::nixl::NixlConfig::named(agent))
+                    .expect("a NIXL agent"),
+            )
+        }
     };
     builder.build().await.expect("a Connector")
 }
@@ -228,6 +238,21 @@ async fn scattered_blocks_read_and_written_on_tcp() {
     for planes in [KvPlanes::Separate, KvPlanes::Fused] {
         read_blocks(Backend::Tcp, planes).await;
         write_blocks(Backend::Tcp, planes).await;
+    }
+}
+
+/// On nixl the blocks move between two NIXL agents over UCX, each chunk run one entry of the
+/// transfer's descriptor lists.
+#[cfg(feature = "nixl")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_blocks_read_and_written_on_nixl() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    for planes in [KvPlanes::Separate, KvPlanes::Fused] {
+        read_blocks(Backend::Nixl, planes).await;
+        write_blocks(Backend::Nixl, planes).await;
     }
 }
 
