@@ -302,6 +302,11 @@ pub fn check_hello(body: &[u8]) -> Result<(), WireError> {
     if version != VERSION {
         return Err(WireError::Version(version));
     }
+    // Reserved, and zero in version 1: a later version may give it a meaning this one must
+    // not ignore.
+    if body[10..] != [0, 0] {
+        return Err(WireError::Malformed("HELLO with reserved bits set"));
+    }
     Ok(())
 }
 

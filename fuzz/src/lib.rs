@@ -89,10 +89,9 @@ fn check_frame(header: Header, head: &[u8; HEADER_LEN], body: &[u8]) {
     match header.frame {
         FrameType::Hello => {
             if check_hello(body).is_ok() {
-                // Magic and version as this build sends them. The trailing reserved u16 is
-                // not compared: `check_hello` accepts any value there (finding F1 in
-                // RELIABILITY.md; `tests/findings.rs` holds its reproducer).
-                assert_eq!(body[..10], hello_frame()[HEADER_LEN..HEADER_LEN + 10]);
+                // Exactly the HELLO this build sends, reserved bits included (finding F1,
+                // fixed: `tests/findings.rs`).
+                assert_eq!(body, &hello_frame()[HEADER_LEN..]);
             }
         }
         FrameType::Read | FrameType::Write => match Request::decode(body) {
