@@ -208,6 +208,23 @@ impl Report {
         }
     }
 
+    /// Whether `row`'s ratio is held to its target. Latency is judged one operation at a
+    /// time. Throughput is judged as bandwidth tools judge it (ucx_perftest's window of
+    /// outstanding operations, nixlbench's batches, iperf3's stream): on the row with the most
+    /// operations in flight for that size and direction. A row one at a time beside such a row
+    /// still shows its ratio, which then includes a request's round trip per operation.
+    pub fn judged(&self, row: &Row) -> bool {
+        match self.ratio(row) {
+            Some(Ratio::Throughput(_)) => !self.rows.iter().any(|other| {
+                other.size == row.size
+                    && other.direction == row.direction
+                    && other.in_flight > row.in_flight
+            }),
+            Some(Ratio::Latency(_)) => true,
+            None => false,
+        }
+    }
+
     /// Whether every row's bytes were verified.
     pub fn verified(&self) -> bool {
         self.rows.iter().all(|r| r.verified)
@@ -223,13 +240,17 @@ impl Report {
         out.push_str("|---:|---|---:|---:|---:|---:|---:|---|---|---|---|\n");
         for row in &self.rows {
             let (ratio, target) = match self.ratio(row) {
-                Some(r) => (
+                Some(r) if self.judged(row) => (
                     format!("{:.2} ({})", r.value(), r.meaning()),
                     format!(
                         "{} {}",
                         r.target(),
                         if r.met() { "met" } else { "**missed**" }
                     ),
+                ),
+                Some(r) => (
+                    format!("{:.2} ({})", r.value(), r.meaning()),
+                    "not judged: see the row in flight".into(),
                 ),
                 None => ("".into(), "".into()),
             };
@@ -300,8 +321,11 @@ impl Report {
              the first begin to the last of the N completions), and their GB/s is N × size × \
              batches ÷ total batch time. One verified warm-up (operation or batch) per row is \
              not timed. \"iperf3 around\" lists the iperf3 runs just before and just after a \
-             row, in GB/s; a row that has them is judged against their mean, any other \
-             throughput row against the mean of the whole run's iperf3 runs. Wall time of the \
+             row, in GB/s; a row that has them is compared with their mean, any other \
+             throughput row with the mean of the whole run's iperf3 runs. Throughput is held to \
+             its target on the row with the most operations in flight for its size and \
+             direction, as bandwidth tools measure; a row one at a time beside it pays a \
+             request's round trip per operation and is shown, not judged. Wall time of the \
              run: {:.1} s.",
             self.wall.as_secs_f64()
         );
@@ -352,6 +376,7 @@ impl Report {
                         "kind": match r { Ratio::Throughput(_) => "throughput_vs_iperf3", Ratio::Latency(_) => "p50_vs_ping_pong_p50" },
                         "value": r.value(),
                         "target": r.target(),
+                        "judged": self.judged(row),
                         "met": r.met(),
                     })),
                 })
@@ -484,6 +509,13 @@ mod tests {
         assert!(throughput.met());
         // A 4 KiB batch's time is not one operation's: no latency ratio.
         assert!(r.ratio(&r.rows[2]).is_none());
+        // Throughput is judged on the row with the most in flight; the 1 MiB write one at a
+        // time beside it is shown, not judged.
+        assert!(r.judged(batch));
+        assert!(!r.judged(&r.rows[1]));
+        assert!(r.judged(&r.rows[0]), "latency is judged one at a time");
+        assert!(r.table().contains("| not judged: see the row in flight |"));
+        assert_eq!(r.json()["rows"][1]["ratio"]["judged"], false);
         let table = r.table();
         assert!(
             table.contains(
