@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -59,6 +59,7 @@ impl Registry {
                 id,
                 registry: self.clone(),
             },
+            slot: None,
         })
     }
 
@@ -78,6 +79,50 @@ impl Registry {
     /// Open sockets.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// How many connections this side may hold to one peer at once, dialling, busy and idle
+/// together. A transfer that finds them all busy waits, in its own polls, for one to come
+/// back ([`Budget::freed`]) rather than dialling more, so ten thousand operations in flight
+/// use a bounded number of sockets.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    open: AtomicUsize,
+    cap: usize,
+    /// Woken when a connection goes back to the idle pool or closes.
+    pub(crate) freed: tokio::sync::Notify,
+}
+
+impl Budget {
+    pub(crate) fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Budget {
+            open: AtomicUsize::new(0),
+            cap: cap.max(1),
+            freed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A place for one more connection, if the cap allows.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.cap).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
+
+/// One connection's place in a [`Budget`], given back when the connection closes (or when
+/// dialling it fails).
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<Budget>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
 }
 
@@ -129,18 +174,23 @@ pub(crate) struct Conn {
     start: usize,
     end: usize,
     entry: Entry,
+    /// The active side's place in its peer's budget (none on the serving side).
+    slot: Option<Slot>,
 }
 
 impl Conn {
-    /// Dials `addr` and says hello; bounded by `timeout`.
+    /// Dials `addr` and says hello; bounded by `timeout`. The connection holds `slot` for as
+    /// long as it is open.
     pub(crate) async fn dial(
         registry: &Arc<Registry>,
         addr: SocketAddr,
         timeout: Duration,
+        slot: Slot,
     ) -> io::Result<Conn> {
         let dial = async {
             let stream = TcpStream::connect(addr).await?;
             let mut conn = registry.adopt(stream)?;
+            conn.slot = Some(slot);
             conn.write_all(&wire::hello_frame()).await?;
             let header = conn.read_header().await.map_err(ReadError::into_io)?;
             let body = conn

@@ -17,7 +17,9 @@
 //!   the metadata's tagged blob `ferry-tcp/1:b64:…` as `<instance id>@<address>`
 //!   ([`TcpConfig::advertise`] for use across hosts).
 //! - Connections are pooled per peer and reused; each carries one transfer at a time, so
-//!   many operations in flight use many connections. Transfers of at least
+//!   many operations in flight use many connections, up to
+//!   [`TcpConfig::max_connections_per_peer`] (64): operations beyond it are begun at once but
+//!   wait, in their own polls, for a connection to come back. Transfers of at least
 //!   [`TcpConfig::parallel_threshold`] bytes can be spread over
 //!   [`TcpConfig::parallel_connections`] connections.
 //! - Every request is checked on the serving side (SPEC §9): the key must name a live
@@ -133,6 +135,10 @@ pub struct TcpConfig {
     pub max_connections: usize,
     /// Idle connections kept per peer. Default 64.
     pub max_idle_per_peer: usize,
+    /// Connections this side holds to one peer at most, dialling, busy and idle together.
+    /// Operations beyond it wait, in their own polls, for a connection to come back. Default
+    /// 64.
+    pub max_connections_per_peer: usize,
 }
 
 impl TcpConfig {
@@ -179,6 +185,7 @@ impl Default for TcpConfig {
             connect_timeout: Duration::from_secs(5),
             max_connections: 4096,
             max_idle_per_peer: 64,
+            max_connections_per_peer: 64,
         }
     }
 }

@@ -11,14 +11,15 @@ use ferry_core::{
     BoxFuture, Descriptor, Error, NotificationKey, OperationKind, RdmaMetadata, Side,
 };
 
-use crate::conn::{Conn, ReadError, Received, Receiver, Seg, Sender};
+use crate::conn::{Budget, Conn, ReadError, Received, Receiver, Seg, Sender};
 use crate::server::Server;
 use crate::wire::{self, ErrorCode, FrameType, Header, Request, WireRange};
 
-/// A remote Connector, by identity, with its idle connections.
+/// A remote Connector, by identity, with its idle connections and its connection budget.
 pub(crate) struct RemotePeer {
     addr: SocketAddr,
     idle: Mutex<Vec<Conn>>,
+    budget: Arc<Budget>,
     server: Arc<Server>,
 }
 
@@ -27,6 +28,7 @@ impl RemotePeer {
         RemotePeer {
             addr,
             idle: Mutex::new(Vec::new()),
+            budget: Budget::new(server.config.max_connections_per_peer),
             server,
         }
     }
@@ -36,13 +38,15 @@ impl RemotePeer {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    async fn checkout(&self) -> Result<Conn, Error> {
+    /// An idle connection, or a new one if the budget has room; `None` when every
+    /// connection this side may hold to the peer is busy.
+    async fn try_checkout(&self) -> Result<Option<Conn>, Error> {
         loop {
             let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match conn {
                 Some(mut conn) => {
                     if conn.is_idle_and_open() {
-                        return Ok(conn);
+                        return Ok(Some(conn));
                     }
                 }
                 None => break,
@@ -53,14 +57,34 @@ impl RemotePeer {
                 reason: "this Connector was aborted".into(),
             });
         }
+        let Some(slot) = self.budget.try_take() else {
+            return Ok(None);
+        };
         Conn::dial(
             &self.server.registry,
             self.addr,
             self.server.config.connect_timeout,
+            slot,
         )
         .await
+        .map(Some)
         .map_err(|e| Error::PeerLost {
             reason: format!("cannot reach the peer at {}: {e}", self.addr),
+        })
+    }
+
+    /// Waits until a connection is free or may be dialled. The future owns what it needs,
+    /// so a queued transfer can hold it across its owner's polls.
+    fn wait_checkout(self: Arc<Self>) -> BoxFuture<'static, Result<Conn, Error>> {
+        Box::pin(async move {
+            loop {
+                // Made before looking, so that a connection freed meanwhile still wakes it.
+                let freed = self.budget.freed.notified();
+                if let Some(conn) = self.try_checkout().await? {
+                    return Ok(conn);
+                }
+                freed.await;
+            }
         })
     }
 
@@ -68,7 +92,10 @@ impl RemotePeer {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.server.config.max_idle_per_peer {
             idle.push(conn);
+            drop(idle);
+            self.budget.freed.notify_one();
         }
+        // Otherwise the connection closes here, and its slot wakes a waiter as it goes.
     }
 }
 
@@ -138,39 +165,49 @@ impl ferry_core::Peer for PeerHandle {
             let config = &peer.server.config;
             let lens: Vec<usize> = local.iter().map(Descriptor::len).collect();
             let total: usize = lens.iter().sum();
-            let parts = if config.parallel_connections > 1 && total >= config.parallel_threshold {
+            let parts_n = if config.parallel_connections > 1 && total >= config.parallel_threshold {
                 config.parallel_connections
             } else {
                 1
             };
             let key = remote.notification_key;
-            let mut built = Vec::new();
-            for segs in split(&lens, parts) {
-                let conn = peer.checkout().await?;
-                built.push((conn, segs));
-            }
-            let mut parts = Vec::with_capacity(built.len());
-            for (mut conn, segs) in built {
-                let part = match kind {
-                    OperationKind::Read => {
-                        let frame = wire::request_frame(FrameType::Read, &request(key, &segs));
-                        conn.write_all(&frame).await.map_err(|e| Error::PeerLost {
-                            reason: format!("sending the request failed: {e}"),
-                        })?;
-                        Part::reading(conn, Receiver::new(segs))
-                    }
-                    OperationKind::Write => {
-                        let prefix = wire::request_frame(FrameType::Write, &request(key, &segs));
-                        let mut sender = Sender::new(segs, config.frame_size, prefix, Vec::new());
-                        // Posting is eager: push what the socket takes now, without waiting.
-                        let mut cx = Context::from_waker(Waker::noop());
-                        if let Poll::Ready(Err(e)) = sender.poll_send(&mut cx, &mut conn, local) {
-                            return Err(Error::PeerLost {
+            let mut parts = Vec::new();
+            for segs in split(&lens, parts_n) {
+                let start = match kind {
+                    OperationKind::Read => Start::Read {
+                        frame: wire::request_frame(FrameType::Read, &request(key, &segs)),
+                        segs,
+                    },
+                    OperationKind::Write => Start::Write(Sender::new(
+                        segs.clone(),
+                        config.frame_size,
+                        wire::request_frame(FrameType::Write, &request(key, &segs)),
+                        Vec::new(),
+                    )),
+                };
+                let part = match peer.try_checkout().await? {
+                    Some(mut conn) => match start {
+                        Start::Read { frame, segs } => {
+                            conn.write_all(&frame).await.map_err(|e| Error::PeerLost {
                                 reason: format!("sending the request failed: {e}"),
-                            });
+                            })?;
+                            Part::reading(conn, Receiver::new(segs))
                         }
-                        Part::writing(conn, sender)
-                    }
+                        Start::Write(mut sender) => {
+                            // Posting is eager: push what the socket takes now, without waiting.
+                            let mut cx = Context::from_waker(Waker::noop());
+                            if let Poll::Ready(Err(e)) = sender.poll_send(&mut cx, &mut conn, local)
+                            {
+                                return Err(Error::PeerLost {
+                                    reason: format!("sending the request failed: {e}"),
+                                });
+                            }
+                            Part::writing(conn, sender)
+                        }
+                    },
+                    // Every connection to this peer is busy: the part goes out, in the
+                    // operation's polls, on the first that comes back.
+                    None => Part::queued(peer.clone().wait_checkout(), start),
                 };
                 parts.push(part);
             }
@@ -228,7 +265,25 @@ impl FrameRead {
     }
 }
 
+/// How a part begins once it has a connection.
+enum Start {
+    /// Send the `READ` frame, then receive.
+    Read { frame: Vec<u8>, segs: Vec<Seg> },
+    /// Send the `WRITE` frame and the data.
+    Write(Sender),
+}
+
 enum Stage {
+    /// Waiting for a connection to the peer.
+    Queued {
+        acquire: BoxFuture<'static, Result<Conn, Error>>,
+        start: Start,
+    },
+    /// Sending a queued read's `READ` frame.
+    Requesting {
+        request: Sender,
+        receiver: Receiver,
+    },
     Receiving(Receiver),
     Sending(Sender),
     Reply,
@@ -263,8 +318,37 @@ impl Part {
         }
     }
 
+    fn queued(acquire: BoxFuture<'static, Result<Conn, Error>>, start: Start) -> Self {
+        Part {
+            conn: None,
+            stage: Stage::Queued { acquire, start },
+            refused: None,
+            reply: FrameRead::default(),
+        }
+    }
+
     fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
+    }
+
+    /// Takes the connection a queued part waits for, when it is there, and begins.
+    fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let Stage::Queued { acquire, .. } = &mut self.stage else {
+            return Poll::Ready(Ok(()));
+        };
+        let conn = ready!(acquire.as_mut().poll(cx))?;
+        self.conn = Some(conn);
+        let Stage::Queued { start, .. } = std::mem::replace(&mut self.stage, Stage::Done) else {
+            unreachable!("matched just above");
+        };
+        self.stage = match start {
+            Start::Read { frame, segs } => Stage::Requesting {
+                request: Sender::new(Vec::new(), 1, frame, Vec::new()),
+                receiver: Receiver::new(segs),
+            },
+            Start::Write(sender) => Stage::Sending(sender),
+        };
+        Poll::Ready(Ok(()))
     }
 
     /// Drives this part to its final reply (`DONE` for a read, `ACK` for a write).
@@ -273,11 +357,24 @@ impl Part {
         cx: &mut Context<'_>,
         local: &mut [Descriptor<'_>],
     ) -> Poll<Result<(), Error>> {
+        ready!(self.poll_queued(cx))?;
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(Err(lost("the connection is gone")));
             };
             match &mut self.stage {
+                Stage::Queued { .. } => unreachable!("poll_queued left the queue"),
+                Stage::Requesting { request, .. } => {
+                    if let Err(e) = ready!(request.poll_send(cx, conn, local)) {
+                        return Poll::Ready(Err(lost(&format!("sending the request failed: {e}"))));
+                    }
+                    let Stage::Requesting { receiver, .. } =
+                        std::mem::replace(&mut self.stage, Stage::Done)
+                    else {
+                        unreachable!("matched just above");
+                    };
+                    self.stage = Stage::Receiving(receiver);
+                }
                 Stage::Receiving(receiver) => {
                     match ready!(receiver.poll_receive(cx, conn, local)) {
                         Ok(Received::All) => self.stage = Stage::Reply,
@@ -345,11 +442,43 @@ impl Part {
     /// draining what the peer still sends), sends `message` if given (the cancel
     /// notification), waits for the final reply and returns the connection to the pool.
     fn abandon(mut self, peer: &Arc<RemotePeer>, message: Option<Vec<u8>>) {
+        if matches!(self.stage, Stage::Queued { .. }) {
+            let Stage::Queued { acquire, .. } = std::mem::replace(&mut self.stage, Stage::Done)
+            else {
+                unreachable!("matched just above");
+            };
+            // The request never went out. Only a cancel notification is owed: it goes on the
+            // first connection free, if one is within the frame timeout.
+            let (Some(message), peer) = (message, peer.clone()) else {
+                return;
+            };
+            let timeout = peer.server.config.frame_timeout;
+            peer.server.runtime.clone().spawn(async move {
+                let send = async {
+                    let mut conn = acquire.await.ok()?;
+                    conn.write_all(&message).await.ok()?;
+                    Some(conn)
+                };
+                if let Ok(Some(conn)) = tokio::time::timeout(timeout, send).await {
+                    peer.checkin(conn);
+                }
+            });
+            return;
+        }
         let Some(mut conn) = self.conn.take() else {
             return;
         };
         let message = message.unwrap_or_default();
         let (pad_header, pad_zeros, discard, expect_reply) = match &self.stage {
+            Stage::Queued { .. } => return,
+            Stage::Requesting { request, .. } if !request.prefix_sent() => {
+                if request.prefix_sent_any() {
+                    // Part of a request is out: the stream cannot be brought back into frame.
+                    return;
+                }
+                (Vec::new(), 0, 0, false)
+            }
+            Stage::Requesting { .. } => (Vec::new(), 0, 0, true),
             Stage::Receiving(receiver) => (Vec::new(), 0, receiver.frame_left(), true),
             Stage::Sending(sender) if !sender.prefix_sent() => {
                 if sender.prefix_sent_any() {

@@ -9,6 +9,19 @@ use ferry::Connector;
 
 use crate::{Harness, LiveState, NotifyFault, Options, Skip};
 
+/// A Connector on a fresh loopback listener with `config`, and its backend's counters: for
+/// tests that look inside the tcp backend.
+pub async fn connector_with_stats(config: TcpConfig) -> (Connector, StatsHandle) {
+    let backend = TcpBackend::bind(config).await.expect("binds");
+    let stats = backend.stats_handle();
+    let connector = Connector::builder()
+        .backend(backend)
+        .build()
+        .await
+        .expect("builds");
+    (connector, stats)
+}
+
 /// Connectors on loopback listeners.
 #[derive(Debug, Default)]
 pub struct TcpHarness {

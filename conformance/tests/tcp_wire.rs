@@ -9,26 +9,14 @@ use ferry::tcp::wire::{
     self, ErrorCode, FrameType, Header, Request, WireRange, HEADER_LEN, MAX_DATA_BODY,
     MAX_REQUEST_BODY,
 };
-use ferry::tcp::{StatsHandle, TcpBackend, TcpConfig};
-use ferry::{
-    Connector, Descriptor, EndpointBlob, Error, NotificationKey, OperationStatus, RdmaMetadata,
-};
+use ferry::tcp::TcpConfig;
+use ferry::{Descriptor, EndpointBlob, Error, NotificationKey, OperationStatus, RdmaMetadata};
 use ferry_conformance::rules::{pattern, while_serving};
+use ferry_conformance::tcp::connector_with_stats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn connector(config: TcpConfig) -> (Connector, StatsHandle) {
-    let backend = TcpBackend::bind(config).await.expect("binds");
-    let stats = backend.stats_handle();
-    let connector = Connector::builder()
-        .backend(backend)
-        .build()
-        .await
-        .expect("builds");
-    (connector, stats)
-}
 
 fn strict() -> TcpConfig {
     TcpConfig {
@@ -108,7 +96,7 @@ type Denial = (
 
 #[tokio::test]
 async fn hostile_requests_get_an_error_and_no_byte() {
-    let (a, stats) = connector(strict()).await;
+    let (a, stats) = connector_with_stats(strict()).await;
     let source = pattern(4096, 1);
     let mut target = vec![0xeeu8; 4096];
     let mut readable = a
@@ -203,7 +191,7 @@ async fn hostile_requests_get_an_error_and_no_byte() {
 
 #[tokio::test]
 async fn malformed_frames_close_the_connection_without_harm() {
-    let (a, stats) = connector(strict()).await;
+    let (a, stats) = connector_with_stats(strict()).await;
     let source = pattern(4096, 2);
     let readable = a
         .create_readable([Descriptor::from_slice(&source)])
@@ -280,7 +268,7 @@ async fn malformed_frames_close_the_connection_without_harm() {
     assert!(stats.malformed() >= 9, "{}", stats.malformed());
     assert_eq!(stats.denied(), 0, "nothing reached admission");
     // The readable was never touched, and still pairs normally.
-    let b = connector(TcpConfig::default()).await.0;
+    let b = connector_with_stats(TcpConfig::default()).await.0;
     let mut readable = readable;
     let mut landing = vec![0u8; 4096];
     let mut read = b
@@ -299,8 +287,8 @@ async fn malformed_frames_close_the_connection_without_harm() {
 
 #[tokio::test]
 async fn a_stalled_peer_blocks_nobody_and_is_cut_off() {
-    let (a, stats) = connector(strict()).await;
-    let b = connector(TcpConfig::default()).await.0;
+    let (a, stats) = connector_with_stats(strict()).await;
+    let b = connector_with_stats(TcpConfig::default()).await.0;
     let source = pattern(1 << 20, 3);
     let readable = a
         .create_readable([Descriptor::from_slice(&source)])
@@ -347,7 +335,7 @@ async fn a_stalled_peer_blocks_nobody_and_is_cut_off() {
 
 #[tokio::test]
 async fn passive_sees_the_connection_close_mid_transfer() {
-    let (a, _) = connector(TcpConfig::default()).await;
+    let (a, _) = connector_with_stats(TcpConfig::default()).await;
     // A readable whose reader leaves after the first bytes.
     let source = pattern(32 << 20, 4);
     let mut readable = a
@@ -419,7 +407,7 @@ async fn active_sees_the_connection_close_mid_transfer() {
             .expect("data header");
         s.write_all(&vec![1u8; 1000]).await.expect("some data");
     });
-    let (b, _) = connector(TcpConfig::default()).await;
+    let (b, _) = connector_with_stats(TcpConfig::default()).await;
     let key = NotificationKey::from_random_bytes([3; 16]);
     let blob = EndpointBlob::Tagged {
         backend: "tcp".into(),

@@ -1,0 +1,126 @@
+//! Regression: the tcp backend dialled one connection per operation in flight, so ten thousand
+//! concurrent operations opened ten thousand sockets to one peer, overflowed its listen
+//! backlog and failed with `connect timed out` (issue 7's soak). Now a Connector holds at most
+//! `max_connections_per_peer` connections to a peer; operations beyond them wait, in their
+//! own polls, for one to come back, and a cancelled waiting operation still tells its peer.
+
+use std::time::Duration;
+
+use ferry::tcp::TcpConfig;
+use ferry::{Descriptor, Error, OperationStatus};
+use ferry_conformance::rules::pattern;
+use ferry_conformance::tcp::connector_with_stats;
+
+const CAP: usize = 4;
+const OPERATIONS: usize = 64;
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn capped() -> TcpConfig {
+    TcpConfig {
+        max_connections_per_peer: CAP,
+        ..TcpConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_more_operations_than_connections_all_complete() {
+    let (passive, _) = connector_with_stats(TcpConfig::default()).await;
+    let (active, active_stats) = connector_with_stats(capped()).await;
+    let sources: Vec<Vec<u8>> = (0..OPERATIONS)
+        .map(|i| pattern(4096 + i, 700 + i as u64))
+        .collect();
+    let mut landings: Vec<Vec<u8>> = sources.iter().map(|s| vec![0u8; s.len()]).collect();
+    let mut readables = Vec::new();
+    for source in &sources {
+        readables.push(
+            passive
+                .create_readable([Descriptor::from_slice(source)])
+                .await
+                .expect("readable"),
+        );
+    }
+    // Every read is begun before any is awaited: begin_* must not wait for a connection.
+    let mut reads = Vec::new();
+    for (landing, readable) in landings.iter_mut().zip(&readables) {
+        let read = tokio::time::timeout(
+            LIMIT,
+            active.begin_read(readable.metadata(), [Descriptor::from_mut_slice(landing)]),
+        )
+        .await
+        .expect("begin_read returns without waiting for a connection")
+        .expect("begin_read");
+        reads.push(read);
+    }
+    assert!(
+        active_stats.open_sockets() <= CAP,
+        "{} sockets for a cap of {CAP}",
+        active_stats.open_sockets()
+    );
+    let all = async {
+        for (read, readable) in reads.iter_mut().zip(readables.iter_mut()) {
+            let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
+            r.expect("read");
+            p.expect("readable");
+            assert!(active_stats.open_sockets() <= CAP);
+        }
+    };
+    tokio::time::timeout(LIMIT, all)
+        .await
+        .expect("all complete in time");
+    drop(reads);
+    assert_eq!(landings, sources);
+    assert!(active_stats.open_sockets() <= CAP);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_operation_that_waited_for_a_connection_tells_its_peer() {
+    let (passive, _) = connector_with_stats(TcpConfig::default()).await;
+    let (active, _) = connector_with_stats(TcpConfig {
+        max_connections_per_peer: 1,
+        ..TcpConfig::default()
+    })
+    .await;
+    let (first, second) = (pattern(1 << 16, 1), pattern(1 << 16, 2));
+    let mut first_readable = passive
+        .create_readable([Descriptor::from_slice(&first)])
+        .await
+        .expect("readable");
+    let mut second_readable = passive
+        .create_readable([Descriptor::from_slice(&second)])
+        .await
+        .expect("readable");
+    let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let mut holds_the_connection = active
+        .begin_read(
+            first_readable.metadata(),
+            [Descriptor::from_mut_slice(&mut a)],
+        )
+        .await
+        .expect("begin");
+    let mut waits = active
+        .begin_read(
+            second_readable.metadata(),
+            [Descriptor::from_mut_slice(&mut b)],
+        )
+        .await
+        .expect("begin");
+    assert_eq!(waits.status(), OperationStatus::InProgress);
+    waits.cancel();
+    // The first read finishes and frees the connection; the cancel goes out on it.
+    let (r, p) = tokio::join!(
+        holds_the_connection.wait_for_completion(),
+        first_readable.wait_for_completion()
+    );
+    r.expect("read");
+    p.expect("readable");
+    let ended = tokio::time::timeout(LIMIT, second_readable.wait_for_completion())
+        .await
+        .expect("the waiting read's peer hears of the cancel");
+    assert!(matches!(ended, Err(Error::Cancelled { .. })), "{ended:?}");
+    drop((holds_the_connection, waits));
+    assert_eq!(a, first);
+    assert!(
+        b.iter().all(|&x| x == 0),
+        "the cancelled read landed nothing"
+    );
+}
