@@ -1,5 +1,6 @@
 //! Baselines measured in the same run as the backend: iperf3 for throughput, a bare tokio TCP
-//! ping-pong for small-operation latency.
+//! ping-pong for small-operation latency, and a single-thread memcpy (the most one thread moves
+//! within this host).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::stats::{IterationPlan, Summary};
 use crate::Result;
 
 /// Bytes a ping-pong client sends per round trip.
@@ -166,6 +168,27 @@ pub async fn ping_pong(
     Ok(samples)
 }
 
+/// Times single-thread copies of `size` bytes from one buffer into another (`copy_from_slice`,
+/// a `memcpy`), both allocated and touched once before the first timed copy, as `plan` says.
+/// The limit on what any transfer within this host moves with one thread. `None` for a plan
+/// of no copies.
+pub fn memcpy(size: usize, plan: IterationPlan) -> Option<Summary> {
+    let source = ferry::demo::pattern(size, 0x6d65_6d63);
+    let mut destination = vec![0u8; size];
+    destination.copy_from_slice(&source); // faults every page in, untimed
+    let mut samples = Vec::new();
+    let mut spent = Duration::ZERO;
+    while plan.wants_more(samples.len(), spent) {
+        let start = Instant::now();
+        destination.copy_from_slice(std::hint::black_box(&source));
+        std::hint::black_box(&mut destination);
+        let elapsed = start.elapsed();
+        spent += elapsed;
+        samples.push(elapsed);
+    }
+    Summary::from_samples(samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +202,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(samples.len(), 20);
+    }
+
+    #[test]
+    fn memcpy_copies_at_some_rate() {
+        let plan = IterationPlan {
+            target: Duration::from_millis(5),
+            min: 3,
+            max: 50,
+        };
+        let copies = memcpy(1 << 20, plan).unwrap();
+        assert!(copies.iterations >= 3);
+        assert!(copies.throughput(1 << 20) > 1e6);
     }
 
     #[test]

@@ -135,6 +135,16 @@ impl Machine {
         }
     }
 
+    /// The machine as a JSON object: `cpus`, `cpu_model`, `memory_bytes`, `kernel`.
+    pub fn json(&self) -> Value {
+        json!({
+            "cpus": self.cpus,
+            "cpu_model": self.cpu_model,
+            "memory_bytes": self.memory,
+            "kernel": self.kernel,
+        })
+    }
+
     /// One line for a report.
     pub fn describe(&self) -> String {
         let memory = self.memory.map_or("unknown memory".into(), |m| {
