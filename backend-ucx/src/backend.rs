@@ -28,7 +28,26 @@
 //! # What the passive side can see
 //! Nothing before the notification: it cannot report `InProgress`, and it holds no endpoint
 //! to its peer, so it cannot see the peer vanish. The active side sees a lost peer through
-//! UCX's peer error handling (`UCP_ERR_HANDLING_MODE_PEER`) and ends `Errored(PeerLost)`.
+//! UCX's peer error handling (`UCP_ERR_HANDLING_MODE_PEER`) and ends `Errored(PeerLost)`,
+//! wherever an enabled transport supports that mode (tcp, verbs). Where none does (UCX 1.13's
+//! shared memory and CMA, under `UCX_TLS=posix,cma,self`), the default
+//! [`ErrorHandling::PeerIfSupported`] makes endpoints without error handling, and a lost peer
+//! is then **not observed** on either side: an operation paired with it ends at its deadline
+//! (or with whatever error the transport returns); [`ErrorHandling::Peer`] refuses to connect
+//! there instead. A connect that `ucp_ep_create` refuses with `UCS_ERR_UNREACHABLE` is
+//! `PeerLost` where the same settings connect two workers of this process (the peer is gone,
+//! or reaches none of our transports), and a `Backend` error with that code where they do not
+//! (the configuration reaches nothing; [`available`] then says so too).
+//!
+//! # Latency
+//! An operation crosses threads several times: the caller hands the post to the progress
+//! thread, whose put wakes the peer's progress thread, whose flush acknowledgement wakes this
+//! one, which sends the notification, which wakes the peer's thread and then its task. Each
+//! wake-up of a thread asleep in poll(2) costs tens of microseconds on a virtual machine, so
+//! the progress thread keeps polling (yielding between polls) for [`LINGER`] after its last
+//! command or event. And since an active operation's local memory needs no mapping, a
+//! registration is mapped only when a passive operation first exposes it, and a connect to a
+//! known peer is answered from a cache: neither costs a trip to the progress thread.
 //!
 //! # Revocation (SPEC §7, §9)
 //! Ending a passive operation forgets its key; the memory stays mapped while a registration
@@ -69,7 +88,7 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
@@ -82,7 +101,7 @@ use ferry_core::{
 mod progress;
 
 use crate::blob::{RegionKey, UcxBlob, NAME};
-use crate::safe::{Context, ContextOptions};
+use crate::config::{self, ErrorHandling, UcxConfig};
 use progress::{Command, Item, Progress};
 
 /// How long a cancel lets posted gets and puts finish before giving up (see the module docs).
@@ -99,6 +118,14 @@ const AM_NOTIFY: u16 = 0x0f3e;
 const IDLE_SLEEP: Duration = Duration::from_millis(100);
 const BUSY_SLEEP: Duration = Duration::from_millis(1);
 
+/// How long the progress thread keeps polling (yielding the CPU between polls) after its
+/// last command or event before it sleeps. Waking a thread that sleeps in poll(2) costs tens
+/// of microseconds on a virtual machine, and a transfer is a chain of such wake-ups on both
+/// sides (the post, the data, the flush's acknowledgement, the notification); a thread that
+/// lingers catches the next link without one. An idle backend spends at most this much CPU
+/// after its last activity.
+pub(crate) const LINGER: Duration = Duration::from_micros(200);
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -112,20 +139,34 @@ fn thread_gone() -> Error {
     }
 }
 
-/// Whether UCX can be used on this machine: a context and a worker can be made. Checked once
-/// per process.
+/// Whether UCX can be used on this machine with the default [`UcxConfig`]: a context and two
+/// workers can be made, and one can connect to the other (under `UCX_TLS=cma` alone, say,
+/// none can: no transport carries the notifications). Checked once per process; a peer on
+/// another host may still be unreachable.
 pub fn available() -> Result<(), String> {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            let context = Context::new(&ContextOptions { wakeup: true })
-                .map_err(|e| e.to_ferry(Side::Local).to_string())?;
-            context
-                .create_worker()
-                .map(drop)
-                .map_err(|e| e.to_ferry(Side::Local).to_string())
-        })
-        .clone()
+    config::connects_locally(ErrorHandling::default()).map_err(|e| cannot_connect(&e).to_string())
+}
+
+/// The error of a connect that `ucp_ep_create` refused. It does no I/O, so its failure is
+/// never a lost peer: `UCS_ERR_UNREACHABLE` means no transport enabled here (`UCX_TLS`)
+/// reaches the peer's worker with the error handling asked for. The native code is kept.
+fn cannot_connect(error: &crate::Error) -> Error {
+    match error {
+        crate::Error::Status { code, .. } => Error::Backend {
+            backend: NAME,
+            side: Side::Local,
+            code: i64::from(*code),
+            message: if error.is_unreachable() {
+                format!(
+                    "no transport enabled here reaches the peer's worker (check UCX_TLS and \
+                     UcxConfig::error_handling): {error}"
+                )
+            } else {
+                format!("cannot connect to the peer's worker: {error}")
+            },
+        },
+        other => other.to_ferry(Side::Local),
+    }
 }
 
 /// A slot of the outcome table: what the progress thread decided, and who to wake.
@@ -184,12 +225,19 @@ pub struct UcxStats {
     pub unmatched_notifications: u64,
     /// Live registrations.
     pub registrations: usize,
+    /// Live registrations UCX has mapped (`ucp_mem_map`): those a passive operation exposed.
+    pub mapped: usize,
 }
 
+/// A registration as callers see it. UCX maps it (`ucp_mem_map`) only when a passive
+/// operation first exposes it: an active operation's local memory needs no mapping (UCX
+/// registers what a zero-copy transport needs by itself), so registering for a get or a put
+/// costs no trip to the progress thread.
 struct Registered {
     addr: u64,
     len: u64,
-    rkey: Vec<u8>,
+    /// The packed remote key, once mapped.
+    rkey: Option<Vec<u8>>,
 }
 
 struct Shared {
@@ -197,6 +245,9 @@ struct Shared {
     wake: UnixStream,
     table: Arc<Mutex<Table>>,
     registrations: Mutex<HashMap<u64, Registered>>,
+    /// Connected peers by worker address, so a connect to a known peer needs no trip to the
+    /// progress thread; the thread forgets a peer here when its endpoint fails.
+    peers: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     address: Vec<u8>,
     next: AtomicU64,
     entropy: Mutex<std::fs::File>,
@@ -246,8 +297,14 @@ impl std::fmt::Debug for UcxBackend {
 
 impl UcxBackend {
     /// Creates the context and worker (UCX reads `UCX_*` from the environment) on a new
-    /// progress thread. `BackendUnavailable` where UCX is missing.
+    /// progress thread, with the default [`UcxConfig`]. `BackendUnavailable` where UCX is
+    /// missing.
     pub fn new() -> Result<UcxBackend, Error> {
+        UcxBackend::with_config(UcxConfig::default())
+    }
+
+    /// [`UcxBackend::new`] with `config`.
+    pub fn with_config(config: UcxConfig) -> Result<UcxBackend, Error> {
         let unavailable = |reason: String| Error::BackendUnavailable {
             backend: NAME,
             reason,
@@ -263,16 +320,19 @@ impl UcxBackend {
         let (started, start) = mpsc::sync_channel(1);
         let table = Arc::new(Mutex::new(Table::default()));
         let thread_table = table.clone();
+        let peers = Arc::new(Mutex::new(HashMap::new()));
+        let thread_peers = Arc::clone(&peers);
         let thread = std::thread::Builder::new()
             .name("ferry-ucx".into())
             .spawn(move || {
-                let mut progress = match Progress::start(thread_table) {
-                    Ok(progress) => progress,
-                    Err(e) => {
-                        let _ = started.send(Err(e));
-                        return;
-                    }
-                };
+                let mut progress =
+                    match Progress::start(thread_table, thread_peers, config.error_handling) {
+                        Ok(progress) => progress,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
                 match progress.address() {
                     Ok(address) => {
                         let _ = started.send(Ok(address));
@@ -298,6 +358,7 @@ impl UcxBackend {
             wake,
             table,
             registrations: Mutex::new(HashMap::new()),
+            peers,
             address,
             next: AtomicU64::new(1),
             entropy: Mutex::new(entropy),
@@ -321,12 +382,18 @@ impl UcxBackend {
 impl UcxBackend {
     /// What the backend holds now.
     pub fn stats(&self) -> UcxStats {
+        let (registrations, mapped) = {
+            let registrations = lock(&self.shared.registrations);
+            let mapped = registrations.values().filter(|r| r.rkey.is_some()).count();
+            (registrations.len(), mapped)
+        };
         let table = lock(&self.shared.table);
         UcxStats {
             live_keys: table.passive.len(),
             live_transfers: table.active.len(),
             unmatched_notifications: table.unmatched,
-            registrations: lock(&self.shared.registrations).len(),
+            registrations,
+            mapped,
         }
     }
 }
@@ -361,32 +428,30 @@ impl ferry_core::Backend for UcxBackend {
                 backend: NAME,
             });
         }
-        let len = usize::try_from(region.len).map_err(|_| Error::Backend {
-            backend: NAME,
-            side: Side::Local,
-            code: 0,
-            message: format!("a region of {} bytes", region.len),
-        })?;
+        if usize::try_from(region.len).is_err() {
+            return Err(Error::Backend {
+                backend: NAME,
+                side: Side::Local,
+                code: 0,
+                message: format!("a region of {} bytes", region.len),
+            });
+        }
+        // Mapped when a passive operation first exposes it (see `Registered`).
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let rkey = self.shared.ask(|reply| Command::Register {
-            id,
-            addr: region.addr as usize,
-            len,
-            reply,
-        })??;
         lock(&self.shared.registrations).insert(
             id,
             Registered {
                 addr: region.addr,
                 len: region.len,
-                rkey,
+                rkey: None,
             },
         );
         Ok(RegistrationId(id))
     }
 
     fn deregister(&self, id: RegistrationId) {
-        if lock(&self.shared.registrations).remove(&id.0).is_some() {
+        let removed = lock(&self.shared.registrations).remove(&id.0);
+        if removed.is_some_and(|r| r.rkey.is_some()) {
             let _ = self.shared.send(Command::Deregister { id: id.0 });
         }
     }
@@ -407,10 +472,14 @@ impl ferry_core::Backend for UcxBackend {
         endpoint: &'a EndpointBlob,
     ) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>> {
         let peer = UcxBlob::from_endpoint(endpoint).and_then(|blob| {
-            let peer = self.shared.ask(|reply| Command::Connect {
-                address: blob.address,
-                reply,
-            })??;
+            let known = lock(&self.shared.peers).get(&blob.address).copied();
+            let peer = match known {
+                Some(peer) => peer,
+                None => self.shared.ask(|reply| Command::Connect {
+                    address: blob.address,
+                    reply,
+                })??,
+            };
             Ok(Arc::new(UcxPeer {
                 shared: self.shared.clone(),
                 peer,
@@ -427,17 +496,17 @@ impl ferry_core::Backend for UcxBackend {
 impl UcxBackend {
     fn exposed(&self, key: NotificationKey, local: &[Descriptor<'_>]) -> Result<Exposed, Error> {
         let mut regions: Vec<RegionKey> = Vec::new();
-        {
-            let registrations = lock(&self.shared.registrations);
-            for (index, descriptor) in local.iter().enumerate() {
-                let (addr, len) = (descriptor.addr(), descriptor.len() as u64);
-                if len == 0 || regions.iter().any(|r| r.covers(addr, len)) {
-                    continue;
-                }
-                let covering = registrations
-                    .values()
-                    .filter(|r| r.len > 0)
-                    .find(|r| {
+        for (index, descriptor) in local.iter().enumerate() {
+            let (addr, len) = (descriptor.addr(), descriptor.len() as u64);
+            if len == 0 || regions.iter().any(|r| r.covers(addr, len)) {
+                continue;
+            }
+            let (id, region, mapped) = {
+                let registrations = lock(&self.shared.registrations);
+                let (&id, covering) = registrations
+                    .iter()
+                    .filter(|(_, r)| r.len > 0)
+                    .find(|(_, r)| {
                         RegionKey {
                             addr: r.addr,
                             len: r.len,
@@ -451,12 +520,17 @@ impl UcxBackend {
                         code: 0,
                         message: format!("descriptor {index} is not inside a registration"),
                     })?;
-                regions.push(RegionKey {
+                let region = RegionKey {
                     addr: covering.addr,
                     len: covering.len,
-                    rkey: covering.rkey.clone(),
-                });
-            }
+                    rkey: Vec::new(),
+                };
+                (id, region, covering.rkey.clone())
+            };
+            regions.push(match mapped {
+                Some(rkey) => RegionKey { rkey, ..region },
+                None => self.map(id, region)?,
+            });
         }
         let endpoint = UcxBlob {
             address: self.shared.address.clone(),
@@ -473,6 +547,42 @@ impl UcxBackend {
                 key,
             }),
         })
+    }
+}
+
+impl UcxBackend {
+    /// Maps registration `id` (covering `region`) on the progress thread, the first time a
+    /// passive operation exposes it; the region with its packed remote key.
+    fn map(&self, id: u64, mut region: RegionKey) -> Result<RegionKey, Error> {
+        let len = usize::try_from(region.len).map_err(|_| Error::Backend {
+            backend: NAME,
+            side: Side::Local,
+            code: 0,
+            message: format!("a region of {} bytes", region.len),
+        })?;
+        let rkey = self.shared.ask(|reply| Command::Register {
+            id,
+            addr: region.addr as usize,
+            len,
+            reply,
+        })??;
+        let mut registrations = lock(&self.shared.registrations);
+        match registrations.get_mut(&id) {
+            Some(registered) => registered.rkey = Some(rkey.clone()),
+            None => {
+                // Deregistered while it was being mapped: unmap it again.
+                drop(registrations);
+                let _ = self.shared.send(Command::Deregister { id });
+                return Err(Error::Backend {
+                    backend: NAME,
+                    side: Side::Local,
+                    code: 0,
+                    message: "the registration ended while it was being mapped".into(),
+                });
+            }
+        }
+        region.rkey = rkey;
+        Ok(region)
     }
 }
 

@@ -69,6 +69,12 @@ impl Error {
         }
     }
 
+    /// Whether the status is `UCS_ERR_UNREACHABLE`: from `ucp_ep_create`, no enabled transport
+    /// can reach the peer with the error handling asked for.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Status { code, .. } if *code == UCS_ERR_UNREACHABLE)
+    }
+
     /// The ferry error this becomes when it happens on `side`.
     ///
     /// A missing UCX is [`ferry_core::Error::BackendUnavailable`]; a peer failure

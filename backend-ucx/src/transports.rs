@@ -4,14 +4,16 @@
 //! UCX 1.13 has no query for either (`ucp_ep_query` names no transports), so this reads what
 //! UCX itself prints: `ucp_context_print_info`'s `resource` lines and `ucp_ep_print_info`'s
 //! `lane[N]` lines, for an endpoint between two workers of one context in this process, with
-//! the backend's context options (`UCP_FEATURE_WAKEUP`) and error mode
-//! (`UCP_ERR_HANDLING_MODE_PEER`). A peer in another process on this host offers the same
+//! the backend's context options (`UCP_FEATURE_WAKEUP`) and its default error handling
+//! ([`ErrorHandling::PeerIfSupported`]: peer error mode, or none where no transport supports
+//! it). A peer in another process on this host offers the same
 //! transports, so UCX selects from the same set; a peer on another host offers others.
 
 use std::time::{Duration, Instant};
 
+use crate::config::{self, ErrorHandling};
 use crate::error::Error;
-use crate::safe::{Context, ContextOptions, ErrorMode};
+use crate::safe::{Context, ContextOptions};
 
 /// How long the two workers are progressed for the endpoint's wire-up.
 const WIREUP: Duration = Duration::from_millis(500);
@@ -45,7 +47,7 @@ pub fn transports() -> Result<Transports, Error> {
     let enabled = resources(&context.info()?);
     let passive = context.create_worker()?;
     let active = context.create_worker()?;
-    let endpoint = active.connect(&passive.address()?, ErrorMode::Peer)?;
+    let (endpoint, _) = config::connect(&active, &passive.address()?, ErrorHandling::default())?;
     let mut flush = endpoint.flush()?;
     let deadline = Instant::now() + WIREUP;
     while flush.poll().is_none() && Instant::now() < deadline {

@@ -4,6 +4,8 @@
 //! unpacks every remote key before it posts anything, and one that fails after posting returns
 //! only once its requests have finished.
 
+mod common;
+
 use std::future::poll_fn;
 
 use ferry_backend_ucx::blob::UcxBlob;
@@ -37,19 +39,12 @@ async fn a_failed_post_moves_no_byte_after_it_returns() {
     let mut blob = UcxBlob::from_endpoint(&exposed.endpoint).expect("a ucx blob");
     assert_eq!(blob.regions.len(), 2);
     blob.regions[1].rkey[8] = 0xff;
-    let forged = RdmaMetadata {
-        descriptors: offered
-            .iter()
-            .map(|d| RemoteDescriptor {
-                device: d.device(),
-                ptr: d.addr(),
-                size: d.len() as u64,
-            })
-            .collect(),
-        nixl_metadata: blob.to_endpoint().encode(),
-        notification_key: key,
-        operation_kind: OperationKind::Read,
-    };
+    let forged = common::metadata(
+        &offered,
+        blob.to_endpoint().encode(),
+        key,
+        OperationKind::Read,
+    );
     let peer = b.connect(&exposed.endpoint).await.expect("connect");
     let mut landing = vec![0u8; BIG];
     let mut rest = vec![0u8; 4096];

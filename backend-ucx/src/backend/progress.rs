@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use ferry_core::state::Event;
 use ferry_core::{Error, Notification, NotificationKey, OperationKind, Side};
 
-use super::{abort_unsafe, lock, Table, AM_NOTIFY, BUSY_SLEEP, DRAIN, IDLE_SLEEP};
+use super::{
+    abort_unsafe, cannot_connect, lock, Table, AM_NOTIFY, BUSY_SLEEP, DRAIN, IDLE_SLEEP, LINGER,
+};
+use crate::config::{self, ErrorHandling};
 use crate::safe::{
-    Context, ContextOptions, Endpoint, ErrorMode, MemRegion, RemoteKey, Request, Worker,
-    WorkerAddress,
+    Context, ContextOptions, Endpoint, MemRegion, RemoteKey, Request, Worker, WorkerAddress,
 };
 
 /// One descriptor pair of a post: local memory, remote address, index of its rkey.
@@ -80,7 +82,11 @@ struct ActiveOp {
 /// The progress thread's state: everything `!Send`.
 pub(super) struct Progress {
     table: Arc<Mutex<Table>>,
-    regions: HashMap<u64, MemRegion>,
+    /// The callers' cache of connected peers: a failed endpoint's entry is removed.
+    peers: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
+    error_handling: ErrorHandling,
+    /// Mapped registrations and their packed remote keys.
+    regions: HashMap<u64, (MemRegion, Vec<u8>)>,
     by_address: HashMap<Vec<u8>, u64>,
     endpoints: HashMap<u64, Endpoint>,
     next_peer: u64,
@@ -105,7 +111,11 @@ fn failure(endpoint: &Endpoint, error: &crate::Error) -> Error {
 }
 
 impl Progress {
-    pub(super) fn start(table: Arc<Mutex<Table>>) -> Result<Progress, Error> {
+    pub(super) fn start(
+        table: Arc<Mutex<Table>>,
+        peers: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
+        error_handling: ErrorHandling,
+    ) -> Result<Progress, Error> {
         let context =
             Context::new(&ContextOptions { wakeup: true }).map_err(|e| e.to_ferry(Side::Local))?;
         let worker = context
@@ -133,6 +143,8 @@ impl Progress {
             .map_err(|e| e.to_ferry(Side::Local))?;
         Ok(Progress {
             table,
+            peers,
+            error_handling,
             regions: HashMap::new(),
             by_address: HashMap::new(),
             endpoints: HashMap::new(),
@@ -154,25 +166,37 @@ impl Progress {
 
     pub(super) fn run(&mut self, inbox: Receiver<Command>, mut wake: UnixStream) {
         let event_fd = self.worker.event_fd().ok();
+        let mut active = Instant::now();
         loop {
             let mut drained = [0u8; 64];
             while matches!(wake.read(&mut drained), Ok(n) if n > 0) {}
+            let mut busy = false;
             loop {
                 match inbox.try_recv() {
                     Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return,
-                    Ok(command) => self.handle(command),
+                    Ok(command) => {
+                        busy = true;
+                        self.handle(command);
+                    }
                     Err(TryRecvError::Empty) => break,
                 }
             }
-            let mut busy = false;
             for _ in 0..64 {
                 match self.worker.progress() {
                     Ok(0) | Err(_) => break,
                     Ok(_) => busy = true,
                 }
             }
+            if busy {
+                self.forget_failed();
+            }
             busy |= self.advance();
             if busy {
+                active = Instant::now();
+                continue;
+            }
+            if active.elapsed() < LINGER {
+                std::thread::yield_now();
                 continue;
             }
             // Sleep until the worker or a caller has something, with a bound in case a
@@ -240,13 +264,17 @@ impl Progress {
         if len == 0 {
             return Ok(Vec::new());
         }
+        if let Some((_, rkey)) = self.regions.get(&id) {
+            // Two passive operations exposed it at once: both asked.
+            return Ok(rkey.clone());
+        }
         // SAFETY: the Connector registers only memory an operation or a Registration borrows
         // and deregisters it before the borrow ends; the region is dropped (unmapped) on
         // Deregister. A peer's access to it is the capability the metadata grants (SPEC §9).
         let region = unsafe { self.context.map(addr as *mut u8, len) }
             .map_err(|e| e.to_ferry(Side::Local))?;
         let rkey = region.pack_rkey().map_err(|e| e.to_ferry(Side::Local))?;
-        self.regions.insert(id, region);
+        self.regions.insert(id, (region, rkey.clone()));
         Ok(rkey)
     }
 
@@ -254,29 +282,56 @@ impl Progress {
         if let Some(&peer) = self.by_address.get(&address) {
             match self.endpoints.get(&peer) {
                 Some(endpoint) if endpoint.failure().is_none() => return Ok(peer),
-                _ => {
-                    self.endpoints.remove(&peer);
-                    self.by_address.remove(&address);
-                }
+                _ => self.forget(peer),
             }
         }
         // SAFETY: the bytes passed the blob's length and checksum, so they are the address a
         // peer's Worker::address produced, intact (a forged blob is outside the capability
         // model: see crate::blob).
         let remote = unsafe { WorkerAddress::from_bytes(address.clone()) };
-        let endpoint = self.worker.connect(&remote, ErrorMode::Peer).map_err(|e| {
-            match e.to_ferry(Side::Remote) {
-                Error::Backend { message, .. } => Error::PeerLost {
-                    reason: format!("cannot connect to the peer's worker: {message}"),
-                },
-                other => other,
+        let (endpoint, _mode) = match config::connect(&self.worker, &remote, self.error_handling) {
+            Ok(connected) => connected,
+            // The transports here can connect (to a worker of this process), so the peer's
+            // cannot be reached: over tcp, its connect was refused.
+            Err(e)
+                if e.is_unreachable() && config::connects_locally(self.error_handling).is_ok() =>
+            {
+                return Err(Error::PeerLost {
+                    reason: format!(
+                        "the peer's worker cannot be reached (gone, or none of its transports \
+                         reach ours): {e}"
+                    ),
+                });
             }
-        })?;
+            Err(e) => return Err(cannot_connect(&e)),
+        };
         let peer = self.next_peer;
         self.next_peer += 1;
         self.endpoints.insert(peer, endpoint);
-        self.by_address.insert(address, peer);
+        self.by_address.insert(address.clone(), peer);
+        lock(&self.peers).insert(address, peer);
         Ok(peer)
+    }
+
+    /// Drops the endpoint to `peer` and every cache entry naming it, so the next connect to
+    /// that worker makes a new endpoint.
+    fn forget(&mut self, peer: u64) {
+        self.endpoints.remove(&peer);
+        self.by_address.retain(|_, p| *p != peer);
+        lock(&self.peers).retain(|_, p| *p != peer);
+    }
+
+    /// Forgets every peer whose endpoint UCX reported failed.
+    fn forget_failed(&mut self) {
+        let failed: Vec<u64> = self
+            .endpoints
+            .iter()
+            .filter(|(_, endpoint)| endpoint.failure().is_some())
+            .map(|(&peer, _)| peer)
+            .collect();
+        for peer in failed {
+            self.forget(peer);
+        }
     }
 
     fn post(
