@@ -5,7 +5,9 @@
 //! Each backend's module (such as [`crate::tcp`]) defines the commands its peer answers; what
 //! they share is here: starting the peer and waiting for its ready line, its buffers, serving
 //! one passive operation ([`serve_passive`]) and running one active operation against it
-//! ([`transfer_against`]), reading a metadata line or a done line back, and telling it to exit.
+//! ([`transfer_against`]), or a batch of N of each at once ([`serve_batch`],
+//! [`transfer_batch`]: N operations in flight, as bandwidth tools keep a window of them),
+//! reading a metadata line or a done line back, and telling it to exit.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -340,6 +342,175 @@ pub async fn transfer_against(
     Ok(elapsed)
 }
 
+/// Parses an `--in-flight` value: a whole number, at least 1.
+pub fn parse_in_flight(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{text:?}: expected a whole number of operations, at least 1"
+        )),
+    }
+}
+
+/// The numbers in flight to measure `size` at: 1, and `in_flight` when it is above 1 and a
+/// batch of it moves at most `batch_bytes`.
+pub fn in_flight_widths(size: usize, in_flight: usize, batch_bytes: usize) -> Vec<usize> {
+    let batch = size.checked_mul(in_flight);
+    if in_flight > 1 && batch.is_some_and(|b| b <= batch_bytes) {
+        vec![1, in_flight]
+    } else {
+        vec![1]
+    }
+}
+
+/// Serves a batch on the peer: one passive operation over each of `buffers` at once (buffer
+/// `i` holding the pattern of `read_seed(i)` for reads, landing bytes for writes), prints
+/// their metadata one line each, awaits them all concurrently in this task, and prints how
+/// they ended in one line: `{"done":true,"at_ns":T}` (`T` when the last one completed, as
+/// [`unix_nanos`]), with `checksums` (one per buffer) when asked to verify a write; or
+/// `{"done":false,"error":…}`.
+pub async fn serve_batch<R, W>(
+    connector: &Connector,
+    io: &mut JsonLines<R, W>,
+    buffers: &mut [PeerBuffer],
+    direction: Direction,
+    size: usize,
+    verify: bool,
+    read_seed: fn(usize) -> u64,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = operation_limit(size.saturating_mul(buffers.len()));
+    let outcome = match direction {
+        Direction::Read => {
+            for (index, buffer) in buffers.iter_mut().enumerate() {
+                buffer.hold_pattern(size, read_seed(index));
+            }
+            let mut ops = Vec::with_capacity(buffers.len());
+            for buffer in buffers.iter() {
+                match connector
+                    .create_readable([Descriptor::from_slice(&buffer.bytes)])
+                    .await
+                {
+                    Ok(op) => ops.push(op),
+                    Err(e) => return io.send(&json!({"error": e.to_string()})).await,
+                }
+            }
+            expose_and_await(io, &mut ops, limit).await?
+        }
+        Direction::Write => {
+            for buffer in buffers.iter_mut() {
+                buffer.hold_landing(size, verify);
+            }
+            let mut ops = Vec::with_capacity(buffers.len());
+            for buffer in buffers.iter_mut() {
+                match connector
+                    .create_writable([Descriptor::from_mut_slice(&mut buffer.bytes)])
+                    .await
+                {
+                    Ok(op) => ops.push(op),
+                    Err(e) => return io.send(&json!({"error": e.to_string()})).await,
+                }
+            }
+            expose_and_await(io, &mut ops, limit).await?
+        }
+    };
+    let at = unix_nanos();
+    let reply = match outcome {
+        Ok(()) if verify && direction == Direction::Write => {
+            let checksums: Vec<u64> = buffers.iter().map(|b| checksum(&b.bytes)).collect();
+            json!({"done": true, "at_ns": at, "checksums": checksums})
+        }
+        Ok(()) => json!({"done": true, "at_ns": at}),
+        Err(why) => json!({"done": false, "error": why}),
+    };
+    io.send(&reply).await
+}
+
+/// One timed batch ([`transfer_batch`]).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// From just before the first begin until every operation's wait returned `Ok`.
+    pub elapsed: Duration,
+    /// The instant of that start ([`unix_nanos`]), to compare with the peer's `at_ns`.
+    pub begun_ns: u64,
+    /// The peer's done line.
+    pub done: Value,
+}
+
+/// One batch against a peer serving [`serve_batch`] (asked with `"count":N`): asks it for
+/// `buffers.len()` passive operations at once, begins an active one over each buffer, awaits
+/// them all concurrently in this task and times the lot, then reads the peer's done line.
+pub async fn transfer_batch(
+    connector: &Connector,
+    peer: &mut PeerProcess,
+    direction: Direction,
+    buffers: &mut [Vec<u8>],
+    verify: bool,
+) -> Result<Batch> {
+    let count = buffers.len();
+    let size = buffers.first().map_or(0, Vec::len);
+    let limit = operation_limit(size.saturating_mul(count));
+    peer.io
+        .send(&json!({
+            "op": direction.passive(),
+            "size": size,
+            "count": count,
+            "verify": verify,
+        }))
+        .await?;
+    let mut metadata = Vec::with_capacity(count);
+    for _ in 0..count {
+        metadata.push(peer.recv_metadata(size, limit).await?);
+    }
+    let begun_ns = unix_nanos();
+    let timed = async {
+        let start = Instant::now();
+        match direction {
+            Direction::Read => {
+                let mut ops = Vec::with_capacity(count);
+                for (buffer, metadata) in buffers.iter_mut().zip(&metadata) {
+                    ops.push(
+                        connector
+                            .begin_read(metadata, [Descriptor::from_mut_slice(buffer)])
+                            .await?,
+                    );
+                }
+                complete_all(&mut ops).await?;
+            }
+            Direction::Write => {
+                let mut ops = Vec::with_capacity(count);
+                for (buffer, metadata) in buffers.iter().zip(&metadata) {
+                    ops.push(
+                        connector
+                            .begin_write([Descriptor::from_slice(buffer)], metadata)
+                            .await?,
+                    );
+                }
+                complete_all(&mut ops).await?;
+            }
+        }
+        Ok::<_, ferry::Error>(start.elapsed())
+    };
+    let elapsed = tokio::time::timeout(limit, timed)
+        .await
+        .map_err(|_| {
+            format!(
+                "{count} {}s of {size} bytes not complete within {limit:?}",
+                direction.name()
+            )
+        })?
+        .map_err(|e| format!("{count} {}s of {size} bytes: {e}", direction.name()))?;
+    let done = peer.recv_done(direction.passive(), limit).await?;
+    Ok(Batch {
+        elapsed,
+        begun_ns,
+        done,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +529,15 @@ mod tests {
         assert_eq!(buffer.bytes.len(), 32);
         buffer.release();
         assert!(buffer.bytes.is_empty());
+    }
+
+    #[test]
+    fn batches_only_where_they_fit() {
+        assert_eq!(in_flight_widths(4096, 8, 1 << 20), vec![1, 8]);
+        assert_eq!(in_flight_widths(1 << 20, 8, 1 << 20), vec![1]);
+        assert_eq!(in_flight_widths(4096, 1, 1 << 20), vec![1]);
+        assert_eq!(in_flight_widths(usize::MAX, 2, usize::MAX), vec![1]);
+        assert_eq!(parse_in_flight(" 4 "), Ok(4));
+        assert!(parse_in_flight("0").is_err());
     }
 }
