@@ -1,9 +1,10 @@
 //! Registration bookkeeping: pinned regions and a bounded, range-aware cache, with leases so
 //! nothing in use is ever deregistered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::descriptor::Region;
+use crate::device::Device;
 
 /// Hit and miss counts of a [`RegistrationCache`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +60,15 @@ pub struct RegistrationCache<H> {
     next_id: u64,
     clock: u64,
     stats: CacheStats,
+    /// Entries that serve lookups (all but retired ones), by device and start address.
+    starts: BTreeMap<(Device, u64), BTreeSet<u64>>,
+    /// The lengths of those entries, counted: the longest bounds how far before a region a
+    /// covering entry can start.
+    lens: BTreeMap<u64, usize>,
+    /// Cached entries no operation holds, by (last use, id): eviction order.
+    idle: BTreeSet<(u64, u64)>,
+    /// Cached entries, idle or in use.
+    cached: usize,
 }
 
 impl<H> RegistrationCache<H> {
@@ -71,23 +81,45 @@ impl<H> RegistrationCache<H> {
             next_id: 1,
             clock: 0,
             stats: CacheStats::default(),
+            starts: BTreeMap::new(),
+            lens: BTreeMap::new(),
+            idle: BTreeSet::new(),
+            cached: 0,
         }
     }
 
     /// A lease on a live registration covering `region` (a hit; the oldest such registration
-    /// serves it), or `None` (a miss).
+    /// serves it), or `None` (a miss). Looks only at registrations that start close enough
+    /// before `region` to cover it, so a cache of thousands of small registrations costs a
+    /// few comparisons per lookup.
     pub fn lookup(&mut self, region: &Region) -> Option<Lease> {
         self.clock += 1;
         let now = self.clock;
-        let found = self.entries.iter_mut().find(|(_, e)| {
-            !e.retired
-                && e.region.device == region.device
-                && e.region.contains(region.addr, region.len)
-        });
+        let longest = self.lens.last_key_value().map_or(0, |(&len, _)| len);
+        let end = region.addr.saturating_add(region.len);
+        let earliest = end.saturating_sub(longest);
+        let found = if region.len > longest || earliest > region.addr {
+            None
+        } else {
+            self.starts
+                .range((region.device, earliest)..=(region.device, region.addr))
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .filter(|id| {
+                    self.entries
+                        .get(id)
+                        .is_some_and(|e| e.region.contains(region.addr, region.len))
+                })
+                .min()
+        };
         match found {
-            Some((&id, entry)) => {
-                entry.last_used = now;
-                entry.leases += 1;
+            Some(id) => {
+                if let Some(entry) = self.entries.get_mut(&id) {
+                    if entry.cached() && entry.leases == 0 {
+                        self.idle.remove(&(entry.last_used, id));
+                    }
+                    entry.last_used = now;
+                    entry.leases += 1;
+                }
                 self.stats.hits += 1;
                 Some(Lease(id))
             }
@@ -101,10 +133,7 @@ impl<H> RegistrationCache<H> {
     /// Records a registration just made for `region` and leases it. Returns the lease and the
     /// handles evicted to make room (deregister them).
     pub fn insert(&mut self, region: Region, handle: H) -> (Lease, Vec<H>) {
-        let id = self.add(region, handle, false);
-        if let Some(entry) = self.entries.get_mut(&id) {
-            entry.leases = 1;
-        }
+        let id = self.add(region, handle, false, 1);
         (Lease(id), self.evict())
     }
 
@@ -113,8 +142,12 @@ impl<H> RegistrationCache<H> {
         let mut freed = Vec::new();
         if let Some(entry) = self.entries.get_mut(&lease.0) {
             entry.leases = entry.leases.saturating_sub(1);
-            if entry.retired && entry.leases == 0 {
-                freed.extend(self.entries.remove(&lease.0).map(|e| e.handle));
+            if entry.leases == 0 {
+                if entry.retired {
+                    freed.extend(self.remove(lease.0));
+                } else if entry.cached() {
+                    self.idle.insert((entry.last_used, lease.0));
+                }
             }
         }
         freed.extend(self.evict());
@@ -123,30 +156,33 @@ impl<H> RegistrationCache<H> {
 
     /// Records a registration pinned by a caller.
     pub fn pin(&mut self, region: Region, handle: H) -> PinTicket {
-        PinTicket(self.add(region, handle, true))
+        PinTicket(self.add(region, handle, true, 0))
     }
 
     /// Ends a pin. Returns its handle if no operation uses it; otherwise it goes with the last
     /// lease.
     pub fn unpin(&mut self, ticket: PinTicket) -> Vec<H> {
-        match self.entries.get_mut(&ticket.0) {
+        match self.entries.get(&ticket.0) {
             Some(entry) if entry.leases > 0 => {
-                entry.pinned = false;
-                entry.retired = true;
+                let region = entry.region;
+                self.unindex(ticket.0, region);
+                if let Some(entry) = self.entries.get_mut(&ticket.0) {
+                    entry.pinned = false;
+                    entry.retired = true;
+                }
                 Vec::new()
             }
-            Some(_) => self
-                .entries
-                .remove(&ticket.0)
-                .map(|e| e.handle)
-                .into_iter()
-                .collect(),
+            Some(_) => self.remove(ticket.0).into_iter().collect(),
             None => Vec::new(),
         }
     }
 
     /// Takes every handle out (to deregister them all when the owner shuts down).
     pub fn drain(&mut self) -> Vec<H> {
+        self.starts.clear();
+        self.lens.clear();
+        self.idle.clear();
+        self.cached = 0;
         std::mem::take(&mut self.entries)
             .into_values()
             .map(|e| e.handle)
@@ -155,7 +191,7 @@ impl<H> RegistrationCache<H> {
 
     /// Cached (not pinned) registrations held, in use or idle.
     pub fn cached(&self) -> usize {
-        self.entries.values().filter(|e| e.cached()).count()
+        self.cached
     }
 
     /// Hits, misses and evictions so far.
@@ -163,7 +199,7 @@ impl<H> RegistrationCache<H> {
         self.stats
     }
 
-    fn add(&mut self, region: Region, handle: H, pinned: bool) -> u64 {
+    fn add(&mut self, region: Region, handle: H, pinned: bool, leases: u32) -> u64 {
         self.clock += 1;
         let id = self.next_id;
         self.next_id += 1;
@@ -173,26 +209,63 @@ impl<H> RegistrationCache<H> {
                 region,
                 handle,
                 last_used: self.clock,
-                leases: 0,
+                leases,
                 pinned,
                 retired: false,
             },
         );
+        self.starts
+            .entry((region.device, region.addr))
+            .or_default()
+            .insert(id);
+        *self.lens.entry(region.len).or_default() += 1;
+        if !pinned {
+            self.cached += 1;
+            if leases == 0 {
+                self.idle.insert((self.clock, id));
+            }
+        }
         id
+    }
+
+    /// Takes `id` out of the lookup index (it serves no lookup any more).
+    fn unindex(&mut self, id: u64, region: Region) {
+        let key = (region.device, region.addr);
+        if let Some(ids) = self.starts.get_mut(&key) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.starts.remove(&key);
+            }
+        }
+        if let Some(count) = self.lens.get_mut(&region.len) {
+            *count -= 1;
+            if *count == 0 {
+                self.lens.remove(&region.len);
+            }
+        }
+    }
+
+    /// Forgets entry `id` and everything that indexes it; its handle.
+    fn remove(&mut self, id: u64) -> Option<H> {
+        let entry = self.entries.remove(&id)?;
+        if !entry.retired {
+            self.unindex(id, entry.region);
+        }
+        if entry.cached() {
+            self.cached -= 1;
+            self.idle.remove(&(entry.last_used, id));
+        }
+        Some(entry.handle)
     }
 
     /// Evicts idle cached entries, least recently used first, while over capacity.
     fn evict(&mut self) -> Vec<H> {
         let mut evicted = Vec::new();
-        while self.cached() > self.capacity {
-            let oldest = self
-                .entries
-                .iter()
-                .filter(|(_, e)| e.cached() && e.leases == 0)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(&id, _)| id);
-            let Some(id) = oldest else { break };
-            evicted.extend(self.entries.remove(&id).map(|e| e.handle));
+        while self.cached > self.capacity {
+            let Some((_, id)) = self.idle.pop_first() else {
+                break;
+            };
+            evicted.extend(self.remove(id));
             self.stats.evictions += 1;
         }
         evicted
