@@ -4,7 +4,7 @@
 
 use ferry_backend_tcp::wire::{check_hello, hello_frame, HEADER_LEN};
 
-/// F1 (tcp_frames, found by `scripts/fuzz.sh` in its first 20 s): `check_hello` accepts a
+/// F1 (tcp_frames, found by `fuzz/run.sh` in its first 20 s): `check_hello` accepts a
 /// `HELLO` whose trailing reserved `u16` is not zero, although the crate docs give that field as
 /// `0u16` and `Header::decode` refuses set reserved bits. A reserved field nobody checks cannot
 /// later carry a flag an old peer must not ignore.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs ferry's libFuzzer targets (fuzz/) for a bounded time each, on the stable toolchain.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      (default: 30 s, every target)
+#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]      (default: 30 s, every target)
 #
 # Why not cargo-fuzz: it needs a nightly toolchain (its default build uses -Zsanitizer), which a
 # fresh CI machine may not have. libfuzzer-sys needs only a C++ compiler (it builds libFuzzer
@@ -17,7 +17,7 @@
 # fuzz/regressions/<target>/ once it is fixed: `cargo test -p ferry-fuzz` replays it for good.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.."  # the repository root
 seconds=${1:-30}
 shift || true
 targets=("$@")
