@@ -13,6 +13,12 @@
 //!  ucx_perftest 127.0.0.1 -t ucp_put_bw ◀══════▶ ucx_perftest -t ucp_put_bw  (server)
 //! ```
 //!
+//! **N in flight.** With `"count":N` the peer exposes N writables at once
+//! ([`serve_batch`]) and the active side begins N writes, one per buffer, and awaits them
+//! together ([`transfer_batch`]); a batch is timed from just before its first begin until both
+//! sides knew all N finished. `ucp_put_bw` keeps a window of puts in flight too: `-O`, its
+//! bound on outstanding sends, is left at its default, 0 (no bound).
+//!
 //! **What is timed.** As in ferry-bench-nixl: from just before `begin_write` (or
 //! `begin_read`) until **both** sides know the operation finished, the later of the active
 //! side's `wait_for_completion` returning `Ok` and the passive side's (the peer reports that
@@ -37,16 +43,31 @@ use serde_json::json;
 
 use crate::clock::unix_nanos;
 use crate::lines::{Closed, JsonLines};
-use crate::peer::{serve_passive, transfer_against, Direction, Local, PeerBuffer, PeerProcess};
+use crate::peer::{
+    serve_batch, serve_passive, transfer_against, transfer_batch, Direction, Local, PeerBuffer,
+    PeerProcess,
+};
 use crate::report::Row;
 use crate::stats::{IterationPlan, Summary};
 use crate::{checksum, operation_limit, Result};
 
-/// Seed of the pattern a peer's readable holds ([`ferry::demo::pattern`]).
+/// Seed of the pattern a peer's readable holds ([`ferry::demo::pattern`]); buffer `i` of a
+/// batch holds the pattern of `READ_SEED + i`.
 pub const READ_SEED: u64 = 0x5543_5852;
 
-/// Seed of the pattern the active side writes.
+/// Seed of the pattern the active side writes; buffer `i` of a batch writes the pattern of
+/// `WRITE_SEED + i`, so bytes that land in the wrong buffer fail the check.
 pub const WRITE_SEED: u64 = 0x5543_5857;
+
+/// The seed of the pattern buffer `index` of a batch is read from.
+fn read_seed(index: usize) -> u64 {
+    READ_SEED.wrapping_add(index as u64)
+}
+
+/// The seed of the pattern buffer `index` of a batch writes.
+fn write_seed(index: usize) -> u64 {
+    WRITE_SEED.wrapping_add(index as u64)
+}
 
 /// How long the peer waits for its next command before it gives up on the active side.
 const COMMAND_LIMIT: Duration = Duration::from_secs(600);
@@ -61,8 +82,9 @@ pub async fn connector(worker_id: &str) -> Result<Connector> {
         .await?)
 }
 
-/// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`) with
-/// [`serve_passive`] until `exit` or end of input. Its first line is
+/// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`, and
+/// `count` for a batch) with [`serve_passive`] or [`serve_batch`] until `exit` or end of
+/// input. Its first line is
 /// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
 pub async fn run_peer() -> Result<()> {
     let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
@@ -76,7 +98,8 @@ pub async fn run_peer() -> Result<()> {
     };
     io.send(&json!({"ready": true, "pid": std::process::id()}))
         .await?;
-    let mut buffer = PeerBuffer::default();
+    // Buffer 0 serves single operations; a batch of N uses buffers 0..N.
+    let mut buffers: Vec<PeerBuffer> = Vec::new();
     loop {
         let command = match io.recv(COMMAND_LIMIT).await {
             Ok(command) => command,
@@ -84,24 +107,36 @@ pub async fn run_peer() -> Result<()> {
             Err(e) => return Err(e),
         };
         let op = command["op"].as_str().unwrap_or_default();
-        let size = command["size"]
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok());
+        let number = |field: &str| {
+            command[field]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+        };
+        let (size, count) = (number("size"), number("count").unwrap_or(1));
         let verify = command["verify"].as_bool().unwrap_or(false);
         match (op, Direction::from_passive(op), size) {
             ("exit", _, _) => break,
-            (_, Some(direction), Some(size)) => {
-                let seed = READ_SEED;
-                serve_passive(
-                    &connector,
-                    &mut io,
-                    &mut buffer,
-                    direction,
-                    size,
-                    seed,
-                    verify,
-                )
-                .await?
+            (_, Some(direction), Some(size)) if count >= 1 && size.checked_mul(count).is_some() => {
+                // Buffers past this command's count are freed; the others are reused.
+                buffers.truncate(count);
+                buffers.resize_with(count, PeerBuffer::default);
+                if count == 1 {
+                    let seed = read_seed(0);
+                    let buffer = &mut buffers[0];
+                    serve_passive(&connector, &mut io, buffer, direction, size, seed, verify)
+                        .await?
+                } else {
+                    serve_batch(
+                        &connector,
+                        &mut io,
+                        &mut buffers,
+                        direction,
+                        size,
+                        verify,
+                        read_seed,
+                    )
+                    .await?
+                }
             }
             _ => {
                 let error = format!("unknown command {command}");
@@ -109,14 +144,15 @@ pub async fn run_peer() -> Result<()> {
             }
         }
     }
-    buffer.release();
+    buffers.iter_mut().for_each(PeerBuffer::release);
     Ok(())
 }
 
-/// One size and direction, measured: the shared table row (one operation in flight; its
-/// summary runs until both sides knew each operation finished; `verified` says whether the
-/// warm-up's bytes arrived, checked in full for a read and by checksum for a write), and the
-/// same operations until the active side alone knew.
+/// One size, direction and number in flight, measured: the shared table row (its summary
+/// runs until both sides knew each operation, or each batch of `in_flight`, finished;
+/// `verified` says whether the warm-up's bytes arrived in every buffer, checked in full for
+/// a read and by checksum for a write), and the same operations or batches until the active
+/// side alone knew.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measured {
     /// Size, direction, the both-sides summary and the warm-up's check.
@@ -154,27 +190,47 @@ impl Bench {
         exited
     }
 
-    /// Measures `direction` at `size`: one untimed warm-up whose bytes are checked, then
-    /// timed operations as `plan` says.
+    /// Measures `direction` at `size` with `in_flight` operations at once (1: one at a time;
+    /// N: batches of N, each on its own buffer): one untimed warm-up whose bytes are checked,
+    /// then timed operations or batches as `plan` says (it counts batches).
     pub async fn measure(
         &mut self,
         size: usize,
         direction: Direction,
+        in_flight: usize,
         plan: IterationPlan,
     ) -> Result<Measured> {
-        let mut buffer = match direction {
-            Direction::Read => vec![0u8; size],
-            Direction::Write => ferry::demo::pattern(size, WRITE_SEED),
-        };
-        let (_, done) = self.operation(&mut buffer, direction, true).await?;
+        let in_flight = in_flight.max(1);
+        let mut buffers: Vec<Vec<u8>> = (0..in_flight)
+            .map(|i| match direction {
+                Direction::Read => vec![0u8; size],
+                Direction::Write => ferry::demo::pattern(size, write_seed(i)),
+            })
+            .collect();
+        let (_, done) = self.exchange(&mut buffers, direction, true).await?;
         let verified = match direction {
-            Direction::Read => buffer == ferry::demo::pattern(size, READ_SEED),
-            Direction::Write => done["checksum"].as_u64() == Some(checksum(&buffer)),
+            Direction::Read => buffers
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == ferry::demo::pattern(size, read_seed(i))),
+            Direction::Write => {
+                let expected: Vec<Option<u64>> =
+                    buffers.iter().map(|b| Some(checksum(b))).collect();
+                let reported: Vec<Option<u64>> = if in_flight == 1 {
+                    vec![done["checksum"].as_u64()]
+                } else {
+                    done["checksums"]
+                        .as_array()
+                        .map(|all| all.iter().map(serde_json::Value::as_u64).collect())
+                        .unwrap_or_default()
+                };
+                reported == expected
+            }
         };
         let (mut both, mut active) = (Vec::new(), Vec::new());
         let mut spent = Duration::ZERO;
         while plan.wants_more(both.len(), spent) {
-            let (timing, _) = self.operation(&mut buffer, direction, false).await?;
+            let (timing, _) = self.exchange(&mut buffers, direction, false).await?;
             spent += timing.0;
             both.push(timing.0);
             active.push(timing.1);
@@ -182,7 +238,7 @@ impl Bench {
         Ok(Measured {
             row: Row {
                 size,
-                in_flight: 1,
+                in_flight,
                 direction: direction.name(),
                 summary: Summary::from_samples(both).ok_or("the plan asked for no operations")?,
                 verified,
@@ -190,6 +246,23 @@ impl Bench {
             },
             active: Summary::from_samples(active).ok_or("no active samples")?,
         })
+    }
+
+    /// One operation over the only buffer of `buffers`, or a batch over each of them; returns
+    /// (both sides' time, active side's time) and the peer's done line.
+    async fn exchange(
+        &mut self,
+        buffers: &mut [Vec<u8>],
+        direction: Direction,
+        verify: bool,
+    ) -> Result<((Duration, Duration), serde_json::Value)> {
+        if let [buffer] = buffers {
+            return self.operation(buffer, direction, verify).await;
+        }
+        let batch =
+            transfer_batch(&self.connector, &mut self.peer, direction, buffers, verify).await?;
+        let passive = passive_lag(&batch.done, batch.begun_ns)?;
+        Ok(((batch.elapsed.max(passive), batch.elapsed), batch.done))
     }
 
     /// One operation over `buffer`: asks the peer for its passive side, begins and awaits
@@ -210,11 +283,16 @@ impl Bench {
         let local = Local::of(direction, buffer);
         let active = transfer_against(&self.connector, &metadata, local, limit).await?;
         let done = self.peer.recv_done(direction.passive(), limit).await?;
-        let at = done["at_ns"]
-            .as_u64()
-            .ok_or_else(|| format!("the peer's done line has no at_ns: {done}"))?;
-        // A peer instant before the start (a clock step) counts as no passive lag.
-        let passive = Duration::from_nanos(at.saturating_sub(begun));
+        let passive = passive_lag(&done, begun)?;
         Ok(((active.max(passive), active), done))
     }
+}
+
+/// How long after `begun` (unix nanoseconds) the peer's done line says its side finished. A
+/// peer instant before the start (a clock step) counts as no lag.
+fn passive_lag(done: &serde_json::Value, begun: u64) -> Result<Duration> {
+    let at = done["at_ns"]
+        .as_u64()
+        .ok_or_else(|| format!("the peer's done line has no at_ns: {done}"))?;
+    Ok(Duration::from_nanos(at.saturating_sub(begun)))
 }

@@ -7,6 +7,7 @@
 //! UCX_TLS=posix,cma,self target/release/ferry-bench-ucx --markdown ucx-shm.md
 //! UCX_TLS=tcp target/release/ferry-bench-ucx --sizes 4K,64K,1M,16M
 //! target/release/ferry-bench-ucx --quick
+//! target/release/ferry-bench-ucx --in-flight 1    # one operation at a time only
 //! ```
 //!
 //! Where UCX cannot be used it prints `skipped: <reason>` and exits 0
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ferry_benches::cli::{self, block_on_worker, command_line, RunArgs};
-use ferry_benches::peer::Direction;
+use ferry_benches::peer::{in_flight_widths, parse_in_flight, Direction};
 use ferry_benches::report::Machine;
 use ferry_benches::stats::{gigabytes, micros};
 use ferry_benches::ucx::perftest::{self, PerfRun};
@@ -28,6 +29,10 @@ use ferry_benches::{clock, Result};
 
 /// The size of ferry's completion notification: a notification key's text (a UUID).
 const NOTIFICATION_BYTES: usize = 36;
+
+/// The most bytes a batch of operations in flight may move (per process, its buffers are held
+/// at once).
+const IN_FLIGHT_BYTES: usize = 128 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,6 +47,11 @@ struct Args {
     /// ucp_put_bw and the latency bound) and read (gets, no target).
     #[arg(long, value_delimiter = ',', value_parser = parse_direction, default_value = "write")]
     directions: Vec<Direction>,
+    /// Operations in flight: for every size whose batch of N moves at most 128 MiB, batches
+    /// of N writes (each on its own buffer, begun together, awaited together) are timed
+    /// besides one write at a time, as ucp_put_bw keeps puts in flight. 1: one at a time only.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_in_flight)]
+    in_flight: usize,
     /// Bytes each ucp_put_bw run moves, about (8 to 20 000 iterations) [default: 2 GiB;
     /// --quick 256 MiB].
     #[arg(long, value_parser = ferry_benches::units::parse_size)]
@@ -127,9 +137,13 @@ async fn run(args: Args) -> Result<UcxReport> {
     let perftest_bytes =
         args.perftest_bytes
             .unwrap_or(if args.run.quick { 256 << 20 } else { 2 << 30 }) as u64;
-    // Per process at most the buffer of a size and, while verifying a read, its expected
-    // bytes; ucx_perftest holds two more of its own.
-    let (sizes, skipped) = cli::fitting(args.run.sizes(), |size| 4 * size as u64);
+    // Per process at most the buffers of a size's widest batch and, while verifying a read,
+    // its expected bytes; ucx_perftest holds two more of its own.
+    let widths = |size: usize| in_flight_widths(size, args.in_flight, IN_FLIGHT_BYTES);
+    let (sizes, skipped) = cli::fitting(args.run.sizes(), |size| {
+        let held = widths(size).into_iter().max().unwrap_or(1);
+        4 * size.saturating_mul(held) as u64
+    });
 
     let latency_runs = if args.run.quick { 2_000 } else { 20_000 };
     let latency = (latency_runs, latency_runs / 10);
@@ -150,11 +164,15 @@ async fn run(args: Args) -> Result<UcxReport> {
         let iterations = perftest::bandwidth_iterations(size, perftest_bytes);
         put_bw.push((size, perf("ucp_put_bw", size, iterations, limit).await));
         let Some(b) = bench.as_mut() else { continue };
-        for &direction in &args.directions {
-            match b.measure(size, direction, plan).await {
+        for (direction, in_flight) in args
+            .directions
+            .iter()
+            .flat_map(|&d| widths(size).into_iter().map(move |n| (d, n)))
+        {
+            match b.measure(size, direction, in_flight, plan).await {
                 Ok(m) => {
                     eprintln!(
-                        "ferry {} {}: {} ops, p50 {:.1} µs (active {:.1}), p99 {:.1} µs, {:.3} GB/s{}",
+                        "ferry {} {} ×{in_flight}: {} ops, p50 {:.1} µs (active {:.1}), p99 {:.1} µs, {:.3} GB/s{}",
                         direction.name(),
                         format_size(size),
                         m.row.summary.iterations,
@@ -167,7 +185,11 @@ async fn run(args: Args) -> Result<UcxReport> {
                     rows.push(m);
                 }
                 Err(e) => {
-                    let why = format!("{} {}: {e}", direction.name(), format_size(size));
+                    let why = format!(
+                        "{} {} ×{in_flight}: {e}",
+                        direction.name(),
+                        format_size(size)
+                    );
                     eprintln!("ferry {why}");
                     ferry_error = Some(why);
                     break;
