@@ -363,6 +363,36 @@ pub fn in_flight_widths(size: usize, in_flight: usize, batch_bytes: usize) -> Ve
     }
 }
 
+/// Serves one `readable`/`writable` command on the peer: one operation over buffer 0
+/// ([`serve_passive`], with the pattern of `read_seed(0)`) when `count` is 1, else a batch over
+/// buffers `0..count` ([`serve_batch`]). Buffers past `count` are freed; the others are reused.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_count<R, W>(
+    connector: &Connector,
+    io: &mut JsonLines<R, W>,
+    buffers: &mut Vec<PeerBuffer>,
+    direction: Direction,
+    size: usize,
+    count: usize,
+    verify: bool,
+    read_seed: fn(usize) -> u64,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let count = count.max(1);
+    buffers.truncate(count);
+    buffers.resize_with(count, PeerBuffer::default);
+    match buffers.as_mut_slice() {
+        [buffer] => {
+            let seed = read_seed(0);
+            serve_passive(connector, io, buffer, direction, size, seed, verify).await
+        }
+        _ => serve_batch(connector, io, buffers, direction, size, verify, read_seed).await,
+    }
+}
+
 /// Serves a batch on the peer: one passive operation over each of `buffers` at once (buffer
 /// `i` holding the pattern of `read_seed(i)` for reads, landing bytes for writes), prints
 /// their metadata one line each, awaits them all concurrently in this task, and prints how
