@@ -14,7 +14,7 @@
 //! ```
 //!
 //! **N in flight.** With `"count":N` the peer exposes N writables at once
-//! ([`serve_batch`]) and the active side begins N writes, one per buffer, and awaits them
+//! ([`crate::peer::serve_batch`]) and the active side begins N writes, one per buffer, and awaits them
 //! together ([`transfer_batch`]); a batch is timed from just before its first begin until both
 //! sides knew all N finished. `ucp_put_bw` keeps a window of puts in flight too: `-O`, its
 //! bound on outstanding sends, is left at its default, 0 (no bound).
@@ -44,8 +44,7 @@ use serde_json::json;
 use crate::clock::unix_nanos;
 use crate::lines::{Closed, JsonLines};
 use crate::peer::{
-    serve_batch, serve_passive, transfer_against, transfer_batch, Direction, Local, PeerBuffer,
-    PeerProcess,
+    serve_count, transfer_against, transfer_batch, Direction, Local, PeerBuffer, PeerProcess,
 };
 use crate::report::Row;
 use crate::stats::{IterationPlan, Summary};
@@ -83,8 +82,7 @@ pub async fn connector(worker_id: &str) -> Result<Connector> {
 }
 
 /// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`, and
-/// `count` for a batch) with [`serve_passive`] or [`serve_batch`] until `exit` or end of
-/// input. Its first line is
+/// `count` for a batch) with [`serve_count`] until `exit` or end of input. Its first line is
 /// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
 pub async fn run_peer() -> Result<()> {
     let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
@@ -117,26 +115,17 @@ pub async fn run_peer() -> Result<()> {
         match (op, Direction::from_passive(op), size) {
             ("exit", _, _) => break,
             (_, Some(direction), Some(size)) if count >= 1 && size.checked_mul(count).is_some() => {
-                // Buffers past this command's count are freed; the others are reused.
-                buffers.truncate(count);
-                buffers.resize_with(count, PeerBuffer::default);
-                if count == 1 {
-                    let seed = read_seed(0);
-                    let buffer = &mut buffers[0];
-                    serve_passive(&connector, &mut io, buffer, direction, size, seed, verify)
-                        .await?
-                } else {
-                    serve_batch(
-                        &connector,
-                        &mut io,
-                        &mut buffers,
-                        direction,
-                        size,
-                        verify,
-                        read_seed,
-                    )
-                    .await?
-                }
+                serve_count(
+                    &connector,
+                    &mut io,
+                    &mut buffers,
+                    direction,
+                    size,
+                    count,
+                    verify,
+                    read_seed,
+                )
+                .await?
             }
             _ => {
                 let error = format!("unknown command {command}");
