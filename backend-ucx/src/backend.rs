@@ -651,34 +651,27 @@ impl UcxPeer {
         }
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.table).active.insert(id, Slot::default());
-        let posted = self.shared.ask(|reply| Command::Post {
+        // The post is not waited for (an answer would cost the caller a wake-up): what fails on
+        // the progress thread (a remote key UCX refuses, a failed endpoint, a refused put)
+        // ends the operation `Errored` through `poll_event`. Commands run in order, so a
+        // cancel or drop sent after this finds the post done, its requests finished.
+        let posted = self.shared.send(Command::Post {
             id,
             peer: self.peer,
             kind,
             key: remote.notification_key,
             rkeys: blob.regions.into_iter().map(|r| r.rkey).collect(),
             items,
-            reply,
         });
         match posted {
-            Ok(Ok(())) => Ok(ActiveTransfer {
+            Ok(()) => Ok(ActiveTransfer {
                 shared: self.shared.clone(),
                 id,
                 ended: false,
             }),
-            Ok(Err(e)) => {
-                lock(&self.shared.table).active.remove(&id);
-                Err(e)
-            }
             Err(e) => {
-                // The thread may still hold the post: never return while UCX may touch the
-                // caller's memory.
-                let transfer = ActiveTransfer {
-                    shared: self.shared.clone(),
-                    id,
-                    ended: false,
-                };
-                drop(transfer);
+                // The thread is gone and never saw the post.
+                lock(&self.shared.table).active.remove(&id);
                 Err(e)
             }
         }

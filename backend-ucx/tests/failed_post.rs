@@ -1,8 +1,9 @@
 //! Regression: a post that failed after some of its gets were posted returned its error at
 //! once, while UCX went on writing into the caller's memory (found by review: a peer's
 //! malformed second remote key, 256 MiB landing after `post` had returned `Err`). A post now
-//! unpacks every remote key before it posts anything, and one that fails after posting returns
-//! only once its requests have finished.
+//! unpacks every remote key before it posts anything, and one that fails after posting ends
+//! its operation only once its requests have finished (posts are not waited for: the failure
+//! arrives as the operation's event).
 
 mod common;
 
@@ -53,10 +54,19 @@ async fn a_failed_post_moves_no_byte_after_it_returns() {
             Descriptor::from_mut_slice(&mut landing),
             Descriptor::from_mut_slice(&mut rest),
         ];
-        let posted = peer
+        // The post is not waited for: its failure ends the operation.
+        let mut transfer = peer
             .post(OperationKind::Read, &forged, &mut local, None)
-            .await;
-        assert!(posted.is_err(), "a malformed remote key fails the post");
+            .await
+            .expect("a post is handed to the progress thread");
+        let event = poll_fn(|cx| transfer.poll_event(cx, &mut local)).await;
+        assert!(
+            matches!(
+                event,
+                ferry_core::state::Event::Failed(Error::InvalidMetadata { .. })
+            ),
+            "a malformed remote key fails the operation: {event:?}"
+        );
     }
     // The memory is the caller's again.
     landing.fill(0x11);

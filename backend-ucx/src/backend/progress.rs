@@ -50,7 +50,6 @@ pub(super) enum Command {
         key: NotificationKey,
         rkeys: Vec<Vec<u8>>,
         items: Vec<Item>,
-        reply: SyncSender<Result<(), Error>>,
     },
     Cancel {
         id: u64,
@@ -237,10 +236,13 @@ impl Progress {
                 key,
                 rkeys,
                 items,
-                reply,
             } => {
-                let posted = self.post(id, peer, kind, key, &rkeys, &items);
-                let _ = reply.send(posted);
+                if let Err(e) = self.post(id, peer, kind, key, &rkeys, &items) {
+                    // `post` returned once no request of it could touch the caller's memory.
+                    if let Some(slot) = lock(&self.table).active.get_mut(&id) {
+                        slot.settle(Event::Failed(e));
+                    }
+                }
             }
             Command::Cancel { id, reply } => match self.ops.get_mut(&id) {
                 Some(op) => {
