@@ -29,15 +29,16 @@
 //!
 //! Both processes inherit this process's environment, so ferry and `ucx_perftest` run under
 //! the same `UCX_TLS` and `UCX_NET_DEVICES`. ferry's endpoints use
-//! `UCP_ERR_HANDLING_MODE_PEER` and `UCP_FEATURE_WAKEUP`; `ucx_perftest` by default uses
-//! neither, so UCX may select other transports for it (`ferry probe` shows ferry's).
+//! `UCP_FEATURE_WAKEUP` and, by default, `UCP_ERR_HANDLING_MODE_PEER` where a transport
+//! supports it (`--error-handling`); `ucx_perftest` by default uses neither, so UCX may select
+//! other transports for it (`ferry probe` shows ferry's).
 
 pub mod perftest;
 pub mod report;
 
 use std::time::Duration;
 
-use ferry::ucx::UcxBackend;
+use ferry::ucx::{ErrorHandling, UcxBackend, UcxConfig};
 use ferry::Connector;
 use serde_json::json;
 
@@ -71,9 +72,31 @@ fn write_seed(index: usize) -> u64 {
 /// How long the peer waits for its next command before it gives up on the active side.
 const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
-/// A Connector on a fresh ucx backend (UCX reads `UCX_*` from the environment).
-pub async fn connector(worker_id: &str) -> Result<Connector> {
-    let backend = UcxBackend::new()?;
+/// The name of an [`ErrorHandling`] on the command line: `peer-if-supported`, `peer`, `none`.
+pub fn error_handling_name(handling: ErrorHandling) -> &'static str {
+    match handling {
+        ErrorHandling::Peer => "peer",
+        ErrorHandling::None => "none",
+        _ => "peer-if-supported",
+    }
+}
+
+/// The [`ErrorHandling`] named `name` ([`error_handling_name`]).
+pub fn parse_error_handling(name: &str) -> Result<ErrorHandling, String> {
+    [
+        ErrorHandling::PeerIfSupported,
+        ErrorHandling::Peer,
+        ErrorHandling::None,
+    ]
+    .into_iter()
+    .find(|&h| error_handling_name(h) == name.trim())
+    .ok_or_else(|| format!("{name:?}: expected peer-if-supported, peer or none"))
+}
+
+/// A Connector on a fresh ucx backend whose endpoints use `error_handling` (UCX reads
+/// `UCX_*` from the environment).
+pub async fn connector(worker_id: &str, error_handling: ErrorHandling) -> Result<Connector> {
+    let backend = UcxBackend::with_config(UcxConfig { error_handling })?;
     Ok(Connector::builder()
         .worker_id(worker_id)
         .backend(backend)
@@ -84,9 +107,9 @@ pub async fn connector(worker_id: &str) -> Result<Connector> {
 /// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`, and
 /// `count` for a batch) with [`serve_count`] until `exit` or end of input. Its first line is
 /// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
-pub async fn run_peer() -> Result<()> {
+pub async fn run_peer(error_handling: ErrorHandling) -> Result<()> {
     let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
-    let connector = match connector("ferry-bench-ucx-peer").await {
+    let connector = match connector("ferry-bench-ucx-peer", error_handling).await {
         Ok(connector) => connector,
         Err(e) => {
             io.send(&json!({"ready": false, "error": e.to_string()}))
@@ -160,9 +183,11 @@ pub struct Bench {
 impl Bench {
     /// Makes this process's Connector and starts the peer. The error says why UCX cannot be
     /// used when it cannot.
-    pub async fn start() -> Result<Bench> {
-        let connector = connector("ferry-bench-ucx").await?;
-        let peer = PeerProcess::spawn(&[]).await?;
+    /// Both sides' endpoints use `error_handling`.
+    pub async fn start(error_handling: ErrorHandling) -> Result<Bench> {
+        let connector = connector("ferry-bench-ucx", error_handling).await?;
+        let name = error_handling_name(error_handling);
+        let peer = PeerProcess::spawn(&["--error-handling", name]).await?;
         Ok(Bench { connector, peer })
     }
 

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ferry::ucx::ErrorHandling;
 use ferry_benches::cli::{self, block_on_worker, command_line, RunArgs};
 use ferry_benches::peer::{in_flight_widths, parse_in_flight, Direction};
 use ferry_benches::report::Machine;
@@ -59,6 +60,11 @@ struct Args {
     /// Longest one ucx_perftest run may take, in seconds.
     #[arg(long, default_value_t = 120)]
     perftest_limit: u64,
+    /// How ferry's endpoints (both processes') treat a lost peer: peer-if-supported (UCX's
+    /// peer error mode where a transport supports it, as ferry does by default), peer, or none
+    /// (every transport, shared memory under UCX's defaults too, as ucx_perftest uses).
+    #[arg(long, default_value = "peer-if-supported", value_parser = ucx::parse_error_handling)]
+    error_handling: ErrorHandling,
     /// Act as the passive peer process (used by the benchmark itself).
     #[arg(long, hide = true)]
     peer: bool,
@@ -76,7 +82,7 @@ fn parse_direction(text: &str) -> Result<Direction, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.peer {
-        if let Err(e) = block_on_worker(ucx::run_peer()) {
+        if let Err(e) = block_on_worker(ucx::run_peer(args.error_handling)) {
             eprintln!("ferry-bench-ucx --peer: {e}");
             return ExitCode::FAILURE;
         }
@@ -150,7 +156,7 @@ async fn run(args: Args) -> Result<UcxReport> {
     let put_lat = perf("ucp_put_lat", LATENCY_SIZE, latency, limit).await;
     let am_lat = perf("ucp_am_lat", NOTIFICATION_BYTES, latency, limit).await;
 
-    let (mut bench, mut ferry_error) = match Bench::start().await {
+    let (mut bench, mut ferry_error) = match Bench::start(args.error_handling).await {
         Ok(bench) => {
             eprintln!("peer process {} ready", bench.peer_pid().unwrap_or(0));
             (Some(bench), None)
