@@ -1,6 +1,8 @@
 //! [`UcxConfig`]: how a [`UcxBackend`](crate::UcxBackend) makes its endpoints.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::safe::{Context, ContextOptions, Endpoint, ErrorMode, Worker, WorkerAddress};
@@ -48,16 +50,29 @@ pub(crate) fn connect(
 ) -> Result<(Endpoint, ErrorMode), Error> {
     let first = match handling {
         ErrorHandling::None => ErrorMode::None,
-        ErrorHandling::Peer | ErrorHandling::PeerIfSupported => ErrorMode::Peer,
+        ErrorHandling::Peer => ErrorMode::Peer,
+        // Known not to work here: skip the attempt (UCX logs an error for each).
+        ErrorHandling::PeerIfSupported if PEER_MODE_UNSUPPORTED.load(Ordering::Relaxed) => {
+            ErrorMode::None
+        }
+        ErrorHandling::PeerIfSupported => ErrorMode::Peer,
     };
     match worker.connect(address, first) {
         Ok(endpoint) => Ok((endpoint, first)),
-        Err(e) if handling == ErrorHandling::PeerIfSupported && e.is_unreachable() => worker
-            .connect(address, ErrorMode::None)
-            .map(|endpoint| (endpoint, ErrorMode::None)),
+        Err(e) if handling == ErrorHandling::PeerIfSupported && e.is_unreachable() => {
+            let endpoint = worker.connect(address, ErrorMode::None)?;
+            // The peer is there, so it is the mode no transport here supports.
+            PEER_MODE_UNSUPPORTED.store(true, Ordering::Relaxed);
+            Ok((endpoint, ErrorMode::None))
+        }
         Err(e) => Err(e),
     }
 }
+
+/// Set once peer error mode failed to connect to a peer that no error handling reached: no
+/// enabled transport supports it in this process (`UCX_TLS` is read once per context, from
+/// the process's environment).
+static PEER_MODE_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Whether, in this process, a worker can connect to another worker of the same context with
 /// `handling` (the backend's context options): the enabled transports (`UCX_TLS`) can carry
@@ -68,16 +83,50 @@ pub(crate) fn connect(
 /// of our transports; where it fails, the configuration reaches nothing.
 pub(crate) fn connects_locally(handling: ErrorHandling) -> Result<(), Error> {
     static CHECKED: Mutex<Vec<(ErrorHandling, Result<(), Error>)>> = Mutex::new(Vec::new());
-    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, known)) = checked.iter().find(|(h, _)| *h == handling) {
-        return known.clone();
+    let known = |checked: &[(ErrorHandling, Result<(), Error>)]| {
+        checked
+            .iter()
+            .find(|(h, _)| *h == handling)
+            .map(|(_, outcome)| outcome.clone())
+    };
+    if let Some(outcome) = known(&CHECKED.lock().unwrap_or_else(|p| p.into_inner())) {
+        return outcome;
     }
+    // Not under the lock: checking `PeerIfSupported` checks `Peer` first.
     let outcome = (|| {
         let context = Context::new(&ContextOptions { wakeup: true })?;
         let passive = context.create_worker()?;
         let active = context.create_worker()?;
-        connect(&active, &passive.address()?, handling).map(drop)
+        connect_wired(&active, &passive, handling).map(drop)
     })();
-    checked.push((handling, outcome.clone()));
-    outcome
+    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    match known(&checked) {
+        Some(first) => first,
+        None => {
+            checked.push((handling, outcome.clone()));
+            outcome
+        }
+    }
+}
+
+/// How long [`connect_wired`] progresses both workers for the endpoint's wire-up.
+const WIREUP: Duration = Duration::from_millis(500);
+
+/// Connects `active` to `passive` (two workers of one context, in this thread) as
+/// [`connect`] does, and progresses both until a flush of the endpoint completes (bounded by
+/// half a second): the wire-up is done, so dropping the endpoint does not wait out its close
+/// for a peer nobody progresses.
+pub(crate) fn connect_wired(
+    active: &Worker,
+    passive: &Worker,
+    handling: ErrorHandling,
+) -> Result<(Endpoint, ErrorMode), Error> {
+    let (endpoint, mode) = connect(active, &passive.address()?, handling)?;
+    let mut flush = endpoint.flush()?;
+    let deadline = Instant::now() + WIREUP;
+    while flush.poll().is_none() && Instant::now() < deadline {
+        active.progress()?;
+        passive.progress()?;
+    }
+    Ok((endpoint, mode))
 }

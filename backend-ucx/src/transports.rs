@@ -9,14 +9,9 @@
 //! it). A peer in another process on this host offers the same
 //! transports, so UCX selects from the same set; a peer on another host offers others.
 
-use std::time::{Duration, Instant};
-
 use crate::config::{self, ErrorHandling};
 use crate::error::Error;
 use crate::safe::{Context, ContextOptions};
-
-/// How long the two workers are progressed for the endpoint's wire-up.
-const WIREUP: Duration = Duration::from_millis(500);
 
 /// One lane of an endpoint: a transport on a device, and what UCX sends over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +42,7 @@ pub fn transports() -> Result<Transports, Error> {
     let enabled = resources(&context.info()?);
     let passive = context.create_worker()?;
     let active = context.create_worker()?;
-    let (endpoint, _) = config::connect(&active, &passive.address()?, ErrorHandling::default())?;
-    let mut flush = endpoint.flush()?;
-    let deadline = Instant::now() + WIREUP;
-    while flush.poll().is_none() && Instant::now() < deadline {
-        active.progress()?;
-        passive.progress()?;
-    }
+    let (endpoint, _) = config::connect_wired(&active, &passive, ErrorHandling::default())?;
     let selected = lanes(&endpoint.info()?);
     Ok(Transports {
         environment: std::env::vars()

@@ -95,3 +95,22 @@ async fn only_exposed_registrations_are_mapped() {
         (0, 0)
     );
 }
+
+/// Regression: `available()`, which now connects two workers of a throwaway context, dropped
+/// its endpoint before the wire-up had run, and the close waited out its one-second grace for
+/// a worker nobody progressed (twice: ~2 s under UCX's defaults). It wires the endpoint up
+/// first now. Nothing else in this test binary asks `available()`, so this call measures it.
+#[test]
+fn available_answers_quickly() {
+    if backend().is_none() {
+        return;
+    }
+    let start = Instant::now();
+    let usable = ferry_backend_ucx::available();
+    let took = start.elapsed();
+    assert!(usable.is_ok(), "{usable:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "available() took {took:?}"
+    );
+}
