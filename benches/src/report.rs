@@ -189,6 +189,10 @@ pub struct Report {
     pub iperf: Result<Vec<Iperf>, String>,
     /// The ping-pong round trips.
     pub ping_pong: Summary,
+    /// Ping-pong runs just before and just after the latency rows, when the run took them:
+    /// the latency ratio is taken against the mean of their p50s (else against `ping_pong`),
+    /// since a vCPU that halts between round trips wakes slower than a busy one.
+    pub ping_pong_around: Vec<Summary>,
     /// The whole run's wall time.
     pub wall: Duration,
 }
@@ -200,6 +204,20 @@ impl Report {
         Some(runs.iter().map(Iperf::bytes_per_second).sum::<f64>() / runs.len() as f64)
     }
 
+    /// The ping-pong p50 latency rows are judged against: the mean of the runs around them,
+    /// or the run's one.
+    pub fn ping_pong_p50(&self) -> Duration {
+        if self.ping_pong_around.is_empty() {
+            self.ping_pong.p50
+        } else {
+            self.ping_pong_around
+                .iter()
+                .map(|s| s.p50)
+                .sum::<Duration>()
+                / self.ping_pong_around.len() as u32
+        }
+    }
+
     /// How `row` compares with its baseline, where one applies: throughput from
     /// [`THROUGHPUT_FROM`] bytes (at any number in flight) against the iperf3 runs around the
     /// row, or the whole run's when it was not bracketed; latency at [`PONG_BYTES`] (one
@@ -209,7 +227,7 @@ impl Report {
             let baseline = row.bracket_rate().or_else(|| self.iperf_rate())?;
             Some(Ratio::Throughput(row.throughput() / baseline))
         } else if row.size == PONG_BYTES && row.in_flight == 1 {
-            let floor = self.ping_pong.p50.as_secs_f64();
+            let floor = self.ping_pong_p50().as_secs_f64();
             Some(Ratio::Latency(
                 row.summary.p50.as_secs_f64() / floor.max(1e-12),
             ))
@@ -318,6 +336,20 @@ impl Report {
             micros(self.ping_pong.p50),
             micros(self.ping_pong.p99),
         );
+        if !self.ping_pong_around.is_empty() {
+            let p50s: Vec<String> = self
+                .ping_pong_around
+                .iter()
+                .map(|s| format!("{:.1}", micros(s.p50)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "- the same ping-pong just before and just after the 4 KiB rows: p50 {} µs; the \
+                 latency ratio is taken against their mean, {:.1} µs",
+                p50s.join(" and "),
+                micros(self.ping_pong_p50()),
+            );
+        }
         for (size, why) in &self.skipped {
             let _ = writeln!(out, "- {} skipped: {why}", format_size(*size));
         }
@@ -418,6 +450,8 @@ impl Report {
                     "request_bytes": PING_BYTES,
                     "answer_bytes": PONG_BYTES,
                     "latency": summary(&self.ping_pong),
+                    "around_latency_rows": self.ping_pong_around.iter().map(summary).collect::<Vec<_>>(),
+                    "judged_against_p50_us": micros(self.ping_pong_p50()),
                 },
             },
             "wall_s": self.wall.as_secs_f64(),
@@ -476,6 +510,7 @@ mod tests {
             skipped: vec![(1 << 30, "not enough memory".into())],
             iperf,
             ping_pong: summary(40, 100),
+            ping_pong_around: Vec::new(),
             wall: Duration::from_secs(3),
         }
     }
@@ -561,6 +596,19 @@ mod tests {
         assert_eq!(
             r.json()["rows"][1]["iperf3_around_bytes_per_second"][1],
             3.0e9
+        );
+    }
+
+    #[test]
+    fn latency_is_judged_against_the_ping_pongs_around_it() {
+        let mut r = report(Err("not installed".into()));
+        // 60 µs against the mean of 20 and 40 µs, not the run's 40 µs.
+        r.ping_pong_around = vec![summary(20, 10), summary(40, 10)];
+        assert!(matches!(r.ratio(&r.rows[0]), Some(Ratio::Latency(v)) if (v - 2.0).abs() < 1e-9));
+        assert!(r.table().contains("p50 20.0 and 40.0 µs"));
+        assert_eq!(
+            r.json()["baselines"]["ping_pong"]["judged_against_p50_us"],
+            30.0
         );
     }
 

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use ferry_benches::baseline::PONG_BYTES;
 use ferry_benches::baseline::{self, Iperf};
 use ferry_benches::cli::{self, command_line, on_worker, RunArgs};
 use ferry_benches::report::{Machine, Report, Row, THROUGHPUT_FROM};
@@ -193,6 +194,7 @@ async fn run(args: Args) -> Result<Report> {
             .bracket_seconds
             .unwrap_or(if args.run.quick { 0 } else { 1 }),
     };
+    let mut ping_pong_around = Vec::new();
     // The iperf3 run that ended just before the next row, if that row is bracketed.
     let mut last_bracket: Option<f64> = None;
     let mut rows = Vec::new();
@@ -237,6 +239,24 @@ async fn run(args: Args) -> Result<Report> {
                     verified: measured.verified,
                     iperf_around,
                 });
+                if size == PONG_BYTES && in_flight == 1 && direction == Direction::Write {
+                    // The latency rows are done: a ping-pong after them, to pair with the one
+                    // before.
+                    let samples = baseline::ping_pong(
+                        peer.echo_addr(),
+                        PING_PONG_WARMUP,
+                        args.round_trips,
+                        limit,
+                    )
+                    .await?;
+                    let after =
+                        Summary::from_samples(samples).ok_or("--round-trips must be at least 1")?;
+                    eprintln!(
+                        "ping-pong after the latency rows: p50 {:.1} µs",
+                        micros(after.p50)
+                    );
+                    ping_pong_around = vec![ping_pong.clone(), after];
+                }
             }
         }
     }
@@ -261,6 +281,7 @@ async fn run(args: Args) -> Result<Report> {
             None => Ok(iperf_runs),
         },
         ping_pong,
+        ping_pong_around,
         wall: started.elapsed(),
     };
     println!("{}", report.table());
