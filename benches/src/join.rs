@@ -3,33 +3,56 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 /// A boxed future that may move between threads, so that a task awaiting several can be
 /// spawned.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Awaits every future in `futures` concurrently, in the calling task, and returns their
-/// outputs in the order of `futures`. Each wake-up polls the futures not yet finished; a
-/// finished one is dropped at once and never polled again. Bound it with a timeout: it waits
-/// for the slowest.
+/// outputs in the order of `futures`. Each future gets a waker of its own, so a wake-up polls
+/// only the futures that were woken, as `FuturesUnordered` does: with N operations in flight a
+/// socket's readiness costs one operation's poll, not N. A finished future is dropped at once
+/// and never polled again. Bound it with a timeout: it waits for the slowest.
 pub async fn join_all<T>(futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let count = futures.len();
     let mut pending: Vec<Option<BoxFuture<'_, T>>> = futures.into_iter().map(Some).collect();
     let mut outputs: Vec<Option<T>> = pending.iter().map(|_| None).collect();
+    let shared = Arc::new(Woken {
+        // Every future is polled once to begin with.
+        ready: Mutex::new((0..count).collect()),
+        parent: Mutex::new(None),
+    });
+    let wakers: Vec<Waker> = (0..count)
+        .map(|index| {
+            Waker::from(Arc::new(Slot {
+                index,
+                shared: shared.clone(),
+            }))
+        })
+        .collect();
+    let mut left = count;
     std::future::poll_fn(|cx| {
-        let mut finished = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    Poll::Pending => finished = false,
+        *lock(&shared.parent) = Some(cx.waker().clone());
+        loop {
+            let ready = std::mem::take(&mut *lock(&shared.ready));
+            if ready.is_empty() {
+                break;
+            }
+            for index in ready {
+                let Some(future) = pending[index].as_mut() else {
+                    continue; // finished, or woken twice
+                };
+                let mut own = Context::from_waker(&wakers[index]);
+                if let Poll::Ready(value) = future.as_mut().poll(&mut own) {
+                    outputs[index] = Some(value);
+                    pending[index] = None;
+                    left -= 1;
                 }
             }
         }
-        if finished {
+        if left == 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -40,10 +63,80 @@ pub async fn join_all<T>(futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
     outputs.into_iter().flatten().collect()
 }
 
+/// Which futures of a [`join_all`] were woken, and the task awaiting them.
+struct Woken {
+    ready: Mutex<Vec<usize>>,
+    parent: Mutex<Option<Waker>>,
+}
+
+/// One future's waker: marks it ready and wakes the awaiting task.
+struct Slot {
+    index: usize,
+    shared: Arc<Woken>,
+}
+
+impl Wake for Slot {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.shared.ready).push(self.index);
+        if let Some(parent) = lock(&self.shared.parent).as_ref() {
+            parent.wake_by_ref();
+        }
+    }
+}
+
+/// The plain bookkeeping behind a mutex stays valid if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A future that counts its polls.
+    struct Counted<F> {
+        inner: Pin<Box<F>>,
+        polls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<F: Future> Future for Counted<F> {
+        type Output = F::Output;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            self.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wake_polls_only_the_future_it_woke() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let waiting = Counted {
+            inner: Box::pin(async { rx.await.unwrap_or(0) }),
+            polls: polls.clone(),
+        };
+        let busy = async move {
+            // Each yield wakes this future alone.
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            let _ = tx.send(7);
+            1
+        };
+        let futures: Vec<BoxFuture<'_, u32>> = vec![Box::pin(waiting), Box::pin(busy)];
+        let joined = tokio::time::timeout(Duration::from_secs(5), join_all(futures))
+            .await
+            .unwrap();
+        assert_eq!(joined, vec![7, 1]);
+        // Once to begin with, once when its channel fired: not once per yield of the other.
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
 
     #[tokio::test]
     async fn outputs_keep_their_order_whatever_finishes_first() {
