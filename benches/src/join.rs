@@ -107,7 +107,8 @@ mod tests {
     impl<F: Future> Future for Counted<F> {
         type Output = F::Output;
         fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-            self.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.inner.as_mut().poll(cx)
         }
     }
