@@ -114,6 +114,17 @@ impl<'buf, K> Operation<'buf, K> {
         }
     }
 
+    /// Gives this operation its own deadline, `deadline` from now, in place of the Connector's
+    /// default ([`ConnectorBuilder::deadline`](crate::ConnectorBuilder::deadline)) or an
+    /// earlier call's. When it passes with the operation still live, the operation is
+    /// cancelled (its peer told, where the backend can) and ends `Errored(DeadlineExceeded)`.
+    /// On an operation that has ended it changes nothing.
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        if !self.core.machine.state().status().is_terminal() {
+            self.core.deadline = Some(self.core.inner.backend.sleep(deadline));
+        }
+    }
+
     /// Cancels the operation if it is still live and returns its final status. On an operation
     /// that has already ended this changes nothing (`cancel()` on `Complete` reports
     /// `Complete`); if completion won a race with the cancel, the result is `Complete` too.

@@ -102,6 +102,62 @@ pub async fn deadlines_passive_deadline_errors<H: Harness>(h: H) -> Outcome {
     Ok(())
 }
 
+/// An operation's own deadline overrides the Connector's default: shorter ends it early, in
+/// `Errored(DeadlineExceeded)`, and its peer is told; an operation without one keeps the
+/// default.
+pub async fn deadlines_per_operation_overrides_default<H: Harness>(h: H) -> Outcome {
+    let a = h
+        .connector(Options {
+            deadline: Some(Duration::from_secs(60)),
+            ..Options::named("a")
+        })
+        .await;
+    let source = pattern(4096, 62);
+    let mut short = a
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    let mut default = a
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    short.set_deadline(Duration::from_millis(300));
+    assert_eq!(
+        short.wait_for_completion().await,
+        Err(Error::DeadlineExceeded)
+    );
+    assert_eq!(short.status(), OperationStatus::Errored);
+    // The other one still runs on the Connector's 60 s.
+    assert_eq!(
+        default
+            .wait_for_completion_timeout(Duration::from_millis(300))
+            .await,
+        Err(Error::Timeout)
+    );
+    assert_eq!(default.status(), OperationStatus::Initialized);
+    // Setting a deadline on an ended operation changes nothing.
+    short.set_deadline(Duration::from_secs(1));
+    assert_eq!(short.status(), OperationStatus::Errored);
+    // A peer that reads after the short deadline finds nothing to read, where the backend
+    // mediates access.
+    revocation_enforced(&a)?;
+    let b = h.connector(Options::named("b")).await;
+    let mut landing = vec![0u8; 4096];
+    let read_result = async {
+        let mut read = b
+            .begin_read(short.metadata(), [Descriptor::from_mut_slice(&mut landing)])
+            .await?;
+        read.wait_for_completion().await
+    }
+    .await;
+    assert!(
+        read_result.is_err(),
+        "read an operation whose deadline passed: {read_result:?}"
+    );
+    assert_eq!(landing, vec![0u8; 4096], "no byte of an ended operation");
+    Ok(())
+}
+
 /// A Connector deadline ends an active operation cut off from its peer in
 /// `Errored(DeadlineExceeded)`.
 pub async fn deadlines_active_deadline_errors<H: Harness>(h: H) -> Outcome {

@@ -268,6 +268,7 @@ macro_rules! __each_rule {
         $crate::__rule_test!($harness; deadlines::deadlines_wait_timeout_leaves_operation_live);
         $crate::__rule_test!($harness; deadlines::deadlines_cancel_after_timeout_is_clean);
         $crate::__rule_test!($harness; deadlines::deadlines_passive_deadline_errors);
+        $crate::__rule_test!($harness; deadlines::deadlines_per_operation_overrides_default);
         $crate::__rule_test!($harness; deadlines::deadlines_active_deadline_errors);
         $crate::__rule_test!($harness; deadlines::deadlines_late_notification_within_deadline);
         $crate::__rule_test!($harness; peer_loss::peer_loss_active_sees_passive_crash);
