@@ -31,10 +31,11 @@
 //! UCX's peer error handling (`UCP_ERR_HANDLING_MODE_PEER`) and ends `Errored(PeerLost)`,
 //! wherever an enabled transport supports that mode (tcp, verbs). Where none does (UCX 1.13's
 //! shared memory and CMA, under `UCX_TLS=posix,cma,self`), the default
-//! [`ErrorHandling::PeerIfSupported`] makes endpoints without error handling, and a lost peer
-//! is then **not observed** on either side: an operation paired with it ends at its deadline
-//! (or with whatever error the transport returns); [`ErrorHandling::Peer`] refuses to connect
-//! there instead. A connect that `ucp_ep_create` refuses with `UCS_ERR_UNREACHABLE` is
+//! [`Peer`](crate::ErrorHandling::Peer) refuses to connect;
+//! [`PeerIfSupported`](crate::ErrorHandling::PeerIfSupported) and
+//! [`None`](crate::ErrorHandling::None) make endpoints without error handling there, and a
+//! lost peer is then **not observed** on either side (see `ErrorHandling::None` for what was
+//! seen). A connect that `ucp_ep_create` refuses with `UCS_ERR_UNREACHABLE` is
 //! `PeerLost` where the same settings connect two workers of this process (the peer is gone,
 //! or reaches none of our transports), and a `Backend` error with that code where they do not
 //! (the configuration reaches nothing; [`available`] then says so too).
@@ -101,7 +102,7 @@ use ferry_core::{
 mod progress;
 
 use crate::blob::{RegionKey, UcxBlob, NAME};
-use crate::config::{self, ErrorHandling, UcxConfig};
+use crate::config::{self, UcxConfig};
 use progress::{Command, Item, Progress};
 
 /// How long a cancel lets posted gets and puts finish before giving up (see the module docs).
@@ -140,11 +141,16 @@ fn thread_gone() -> Error {
 }
 
 /// Whether UCX can be used on this machine with the default [`UcxConfig`]: a context and two
-/// workers can be made, and one can connect to the other (under `UCX_TLS=cma` alone, say,
-/// none can: no transport carries the notifications). Checked once per process; a peer on
+/// workers can be made, and one can connect to the other in peer error mode (under
+/// `UCX_TLS=posix,cma,self` or `UCX_TLS=cma`, say, none can). Checked once per process; a peer on
 /// another host may still be unreachable.
 pub fn available() -> Result<(), String> {
-    config::connects_locally(ErrorHandling::default()).map_err(|e| cannot_connect(&e).to_string())
+    available_with(&UcxConfig::default())
+}
+
+/// [`available`] for a backend made with `config`.
+pub fn available_with(config: &UcxConfig) -> Result<(), String> {
+    config::connects_locally(config.error_handling).map_err(|e| cannot_connect(&e).to_string())
 }
 
 /// The error of a connect that `ucp_ep_create` refused. It does no I/O, so its failure is

@@ -17,19 +17,22 @@ use crate::safe::{Context, ContextOptions, Endpoint, ErrorMode, Worker, WorkerAd
 /// `UCX_TLS=posix,cma,self` nothing, and `ucp_ep_create` fails with `UCS_ERR_UNREACHABLE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ErrorHandling {
-    /// Peer error mode where some enabled transport supports it, and no error handling where
-    /// none does (the default). With `UCX_TLS=posix,cma,self` endpoints get shared memory and
-    /// CMA, and a lost peer is then not observed (see [`ErrorHandling::None`]); wherever a
-    /// transport can report it (tcp, verbs), it is.
+    /// Always peer error mode (the default): a lost peer is observed, and a connect fails (a
+    /// `Backend` error with `UCS_ERR_UNREACHABLE`) where no enabled transport supports the
+    /// mode, as under `UCX_TLS=posix,cma,self`.
     #[default]
-    PeerIfSupported,
-    /// Always peer error mode: a connect fails (a `Backend` error with
-    /// `UCS_ERR_UNREACHABLE`) where no enabled transport supports it.
     Peer,
+    /// Peer error mode where some enabled transport supports it, and no error handling where
+    /// none does: with `UCX_TLS=posix,cma,self` endpoints get shared memory and CMA, and a
+    /// lost peer is then not observed (see [`ErrorHandling::None`]).
+    PeerIfSupported,
     /// Never: UCX may select every transport (shared memory and CMA on one host even under
-    /// its defaults), but a lost peer is not reported. An active operation paired with a
-    /// peer that died may then end `Errored` with another cause, or only at its deadline;
-    /// set one (`Connector` deadlines or `wait_for_completion_timeout`).
+    /// its defaults), but a lost peer is not reported. Seen on this host (UCX 1.13,
+    /// `UCX_TLS=posix,cma,self`, ferry's two-process conformance suite): a rule whose peer
+    /// was killed ended with the surviving process aborted (SIGABRT) after UCX logged "mm ep
+    /// failed to connect to remote FIFO", and rules pairing the two processes hung, though
+    /// ferry-bench-ucx moved and verified bytes across two processes there. Not the default
+    /// for that reason; use it where the peers' lifetimes are tied together.
     None,
 }
 

@@ -13,8 +13,8 @@
 //!
 //! A passive operation's metadata carries a `ferry-ucx/1:b64:…` blob ([`blob`]): the worker's
 //! address and the packed remote keys of the registrations covering its descriptors. The
-//! active side connects once per peer worker (cached; `UCP_ERR_HANDLING_MODE_PEER` where a
-//! transport supports it, see [`ErrorHandling`]), gets or
+//! active side connects once per peer worker (cached; `UCP_ERR_HANDLING_MODE_PEER` unless
+//! [`ErrorHandling`] says otherwise), gets or
 //! puts every descriptor, flushes the endpoint and then sends the notification key as an
 //! active message; see [`UcxBackend`]'s module docs for ordering, cancellation, what each side
 //! observes, and revocation (not enforced).
@@ -59,7 +59,7 @@ pub mod blob;
 mod config;
 mod error;
 mod transports;
-pub use backend::{available, UcxBackend, UcxStats, DRAIN};
+pub use backend::{available, available_with, UcxBackend, UcxStats, DRAIN};
 pub use blob::NAME;
 pub use config::{ErrorHandling, UcxConfig};
 pub use error::Error;

@@ -4,9 +4,9 @@
 //! UCX 1.13 has no query for either (`ucp_ep_query` names no transports), so this reads what
 //! UCX itself prints: `ucp_context_print_info`'s `resource` lines and `ucp_ep_print_info`'s
 //! `lane[N]` lines, for an endpoint between two workers of one context in this process, with
-//! the backend's context options (`UCP_FEATURE_WAKEUP`) and its default error handling
-//! ([`ErrorHandling::PeerIfSupported`]: peer error mode, or none where no transport supports
-//! it). A peer in another process on this host offers the same
+//! the backend's context options (`UCP_FEATURE_WAKEUP`) and error handling: peer error mode,
+//! or none where no transport supports it ([`ErrorHandling::PeerIfSupported`], so that the
+//! probe shows what an opted-in backend would use where the default cannot connect). A peer in another process on this host offers the same
 //! transports, so UCX selects from the same set; a peer on another host offers others.
 
 use crate::config::{self, ErrorHandling};
@@ -42,7 +42,7 @@ pub fn transports() -> Result<Transports, Error> {
     let enabled = resources(&context.info()?);
     let passive = context.create_worker()?;
     let active = context.create_worker()?;
-    let (endpoint, _) = config::connect_wired(&active, &passive, ErrorHandling::default())?;
+    let (endpoint, _) = config::connect_wired(&active, &passive, ErrorHandling::PeerIfSupported)?;
     let selected = lanes(&endpoint.info()?);
     Ok(Transports {
         environment: std::env::vars()

@@ -1,7 +1,8 @@
 //! Regressions found by ferry-bench-ucx (2026-11-21) under `UCX_TLS=posix,cma,self`: the
 //! backend made every endpoint in peer error mode, which no shared-memory transport of UCX 1.13
-//! supports, so it could not connect at all; the failure (`UCS_ERR_UNREACHABLE` from
-//! `ucp_ep_create`) was reported as `PeerLost`; and `available()` said ucx was usable there.
+//! supports, so it could not connect at all (now it can, with
+//! `ErrorHandling::PeerIfSupported`); the failure (`UCS_ERR_UNREACHABLE` from `ucp_ep_create`)
+//! was reported as `PeerLost`; and `available()` said ucx was usable there.
 //!
 //! UCX reads `UCX_TLS` when a context is made and `available()` answers once per process, so
 //! each case runs in a child process: this test binary again, with the variable set.
@@ -72,9 +73,17 @@ async fn shared_memory_alone_connects_and_writes() {
     if !in_child("shared_memory_alone_connects_and_writes", "posix,cma,self") {
         return;
     }
-    available().expect("ucx is usable under posix,cma,self");
-    let passive = UcxBackend::new().expect("passive backend");
-    let active = UcxBackend::new().expect("active backend");
+    // The default (peer error mode) cannot connect here; opting in to a fallback can.
+    assert!(
+        available().is_err(),
+        "the default cannot connect under posix,cma,self"
+    );
+    let config = UcxConfig {
+        error_handling: ErrorHandling::PeerIfSupported,
+    };
+    ferry_backend_ucx::available_with(&config).expect("usable with the fallback");
+    let passive = UcxBackend::with_config(config.clone()).expect("passive backend");
+    let active = UcxBackend::with_config(config).expect("active backend");
     let mut landing = vec![0u8; 4096];
     let source: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     {
@@ -113,10 +122,7 @@ async fn an_unreachable_peer_is_a_backend_error_not_a_lost_peer() {
         return;
     }
     let passive = UcxBackend::new().expect("passive backend");
-    let strict = UcxBackend::with_config(UcxConfig {
-        error_handling: ErrorHandling::Peer,
-    })
-    .expect("active backend");
+    let strict = UcxBackend::new().expect("active backend, in peer error mode");
     let mut landing = vec![0u8; 64];
     let landing_desc = [Descriptor::from_mut_slice(&mut landing)];
     let (metadata, _passive_op) = writable(&passive, &landing_desc).await;
