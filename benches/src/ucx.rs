@@ -29,8 +29,7 @@
 //!
 //! Both processes inherit this process's environment, so ferry and `ucx_perftest` run under
 //! the same `UCX_TLS` and `UCX_NET_DEVICES`. ferry's endpoints use
-//! `UCP_FEATURE_WAKEUP` and, by default, `UCP_ERR_HANDLING_MODE_PEER` where a transport
-//! supports it (`--error-handling`); `ucx_perftest` by default uses neither, so UCX may select
+//! `UCP_FEATURE_WAKEUP` and, by default, `UCP_ERR_HANDLING_MODE_PEER` (`--error-handling`); `ucx_perftest` by default uses neither, so UCX may select
 //! other transports for it (`ferry probe` shows ferry's).
 
 pub mod perftest;

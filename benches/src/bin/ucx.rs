@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p ferry-benches --features ucx --bin ferry-bench-ucx
-//! UCX_TLS=posix,cma,self target/release/ferry-bench-ucx --markdown ucx-shm.md
+//! UCX_TLS=posix,cma,self target/release/ferry-bench-ucx --error-handling peer-if-supported
 //! UCX_TLS=tcp target/release/ferry-bench-ucx --sizes 4K,64K,1M,16M
 //! target/release/ferry-bench-ucx --quick
 //! target/release/ferry-bench-ucx --in-flight 1    # one operation at a time only
@@ -60,10 +60,11 @@ struct Args {
     /// Longest one ucx_perftest run may take, in seconds.
     #[arg(long, default_value_t = 120)]
     perftest_limit: u64,
-    /// How ferry's endpoints (both processes') treat a lost peer: peer-if-supported (UCX's
-    /// peer error mode where a transport supports it, as ferry does by default), peer, or none
-    /// (every transport, shared memory under UCX's defaults too, as ucx_perftest uses).
-    #[arg(long, default_value = "peer-if-supported", value_parser = ucx::parse_error_handling)]
+    /// How ferry's endpoints (both processes') treat a lost peer: peer (UCX's peer error mode,
+    /// ferry's default; it cannot connect under UCX_TLS=posix,cma,self), peer-if-supported
+    /// (peer error mode where a transport supports it, none where none does), or none (every
+    /// transport, shared memory under UCX's defaults too, as ucx_perftest uses).
+    #[arg(long, default_value = "peer", value_parser = ucx::parse_error_handling)]
     error_handling: ErrorHandling,
     /// Act as the passive peer process (used by the benchmark itself).
     #[arg(long, hide = true)]
@@ -88,7 +89,10 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(why) = ferry::ucx::available() {
+    let config = ferry::ucx::UcxConfig {
+        error_handling: args.error_handling,
+    };
+    if let Err(why) = ferry::ucx::available_with(&config) {
         println!("skipped: {why}");
         return ExitCode::SUCCESS;
     }
