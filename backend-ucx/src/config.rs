@@ -28,11 +28,12 @@ pub enum ErrorHandling {
     PeerIfSupported,
     /// Never: UCX may select every transport (shared memory and CMA on one host even under
     /// its defaults), but a lost peer is not reported. Seen on this host (UCX 1.13,
-    /// `UCX_TLS=posix,cma,self`, ferry's two-process conformance suite): a rule whose peer
-    /// was killed ended with the surviving process aborted (SIGABRT) after UCX logged "mm ep
-    /// failed to connect to remote FIFO", and rules pairing the two processes hung, though
-    /// ferry-bench-ucx moved and verified bytes across two processes there. Not the default
-    /// for that reason; use it where the peers' lifetimes are tied together.
+    /// `UCX_TLS=posix,cma,self`, ferry's two-process conformance suite with
+    /// `PeerIfSupported`): during the rules that kill a peer the surviving test process
+    /// aborted (SIGABRT) after UCX logged "mm ep failed to connect to remote FIFO", and rules
+    /// pairing the two processes hung, though ferry-bench-ucx moved and verified bytes across
+    /// two processes there. Not the default for that reason; use it where the peers'
+    /// lifetimes are tied together.
     None,
 }
 
