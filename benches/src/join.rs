@@ -35,21 +35,19 @@ pub async fn join_all<T>(futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
     let mut left = count;
     std::future::poll_fn(|cx| {
         *lock(&shared.parent) = Some(cx.waker().clone());
-        loop {
-            let ready = std::mem::take(&mut *lock(&shared.ready));
-            if ready.is_empty() {
-                break;
-            }
-            for index in ready {
-                let Some(future) = pending[index].as_mut() else {
-                    continue; // finished, or woken twice
-                };
-                let mut own = Context::from_waker(&wakers[index]);
-                if let Poll::Ready(value) = future.as_mut().poll(&mut own) {
-                    outputs[index] = Some(value);
-                    pending[index] = None;
-                    left -= 1;
-                }
+        // Each woken future once per wake-up of this task: one that wakes itself while polled
+        // (a yield, a spent budget) is polled again on this task's next turn, after the
+        // runtime has run whatever it waits for, never in a loop here.
+        let ready = std::mem::take(&mut *lock(&shared.ready));
+        for index in ready {
+            let Some(future) = pending[index].as_mut() else {
+                continue; // finished, or woken twice
+            };
+            let mut own = Context::from_waker(&wakers[index]);
+            if let Poll::Ready(value) = future.as_mut().poll(&mut own) {
+                outputs[index] = Some(value);
+                pending[index] = None;
+                left -= 1;
             }
         }
         if left == 0 {
@@ -137,6 +135,43 @@ mod tests {
         assert_eq!(joined, vec![7, 1]);
         // Once to begin with, once when its channel fired: not once per yield of the other.
         assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
+
+    /// Regression: a future that wakes itself while polled (a spent budget) was polled again at once,
+    /// in a loop inside one poll, so on a current-thread runtime the task it waited for never
+    /// ran and the join spun forever. The runtime runs on a thread of its own here, so that a
+    /// spin fails the test instead of hanging it.
+    #[test]
+    fn a_future_that_wakes_itself_lets_the_runtime_run_what_it_waits_for() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let joined = runtime.block_on(async {
+                let flag = Arc::new(AtomicBool::new(false));
+                let setter = flag.clone();
+                tokio::spawn(async move { setter.store(true, Ordering::Release) });
+                // Wakes itself at once while it waits, as an I/O resource does when the
+                // task's cooperative budget is spent.
+                let waits: BoxFuture<'_, u32> = Box::pin(std::future::poll_fn(move |cx| {
+                    if flag.load(Ordering::Acquire) {
+                        Poll::Ready(5)
+                    } else {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                }));
+                join_all(vec![waits]).await
+            });
+            let _ = done.send(joined);
+        });
+        let joined = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("join_all returned: it did not spin");
+        assert_eq!(joined, vec![5]);
     }
 
     #[tokio::test]
