@@ -17,17 +17,15 @@
 //! awaits them together: N operations in flight, as bandwidth tools measure (ucx_perftest's
 //! window of outstanding operations, nixlbench's batch size).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry::tcp::{TcpBackend, TcpConfig};
-use ferry::{Connector, Descriptor};
+use ferry::Connector;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::lines::{Closed, JsonLines};
-use crate::peer::{
-    complete_all, expose_and_await, serve_passive, transfer_against, Local, PeerBuffer, PeerProcess,
-};
+use crate::peer::{serve_count, transfer_against, transfer_batch, Local, PeerBuffer, PeerProcess};
 use crate::stats::{IterationPlan, Summary};
 use crate::{baseline, checksum, operation_limit, Result};
 
@@ -100,17 +98,17 @@ pub async fn run_peer() -> Result<()> {
         };
         match (direction, size) {
             (Some(direction), Some(size)) if count >= 1 && size.checked_mul(count).is_some() => {
-                // Buffers past this command's count are freed; the others are reused.
-                buffers.truncate(count);
-                buffers.resize_with(count, PeerBuffer::default);
-                if count == 1 {
-                    let seed = read_seed(0);
-                    let buffer = &mut buffers[0];
-                    serve_passive(&connector, &mut io, buffer, direction, size, seed, verify)
-                        .await?;
-                } else {
-                    serve_batch(&connector, &mut io, &mut buffers, direction, size, verify).await?;
-                }
+                serve_count(
+                    &connector,
+                    &mut io,
+                    &mut buffers,
+                    direction,
+                    size,
+                    count,
+                    verify,
+                    read_seed,
+                )
+                .await?
             }
             _ => {
                 io.send(&json!({"error": format!("unknown command {command}")}))
@@ -118,67 +116,6 @@ pub async fn run_peer() -> Result<()> {
             }
         }
     }
-}
-
-/// Creates one passive operation over each of `buffers` at once, prints their metadata one
-/// line each, awaits them all concurrently in this task, and prints how they ended, in one
-/// line: `{"done":true}`, with `checksums` (one per buffer) when asked to verify a write.
-async fn serve_batch<R, W>(
-    connector: &Connector,
-    io: &mut JsonLines<R, W>,
-    buffers: &mut [PeerBuffer],
-    direction: Direction,
-    size: usize,
-    verify: bool,
-) -> Result<()>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let limit = operation_limit(size.saturating_mul(buffers.len()));
-    let outcome = match direction {
-        Direction::Read => {
-            for (index, buffer) in buffers.iter_mut().enumerate() {
-                buffer.hold_pattern(size, read_seed(index));
-            }
-            let mut ops = Vec::with_capacity(buffers.len());
-            for buffer in buffers.iter() {
-                match connector
-                    .create_readable([Descriptor::from_slice(&buffer.bytes)])
-                    .await
-                {
-                    Ok(op) => ops.push(op),
-                    Err(e) => return io.send(&json!({"error": e.to_string()})).await,
-                }
-            }
-            expose_and_await(io, &mut ops, limit).await?
-        }
-        Direction::Write => {
-            for buffer in buffers.iter_mut() {
-                buffer.hold_landing(size, verify);
-            }
-            let mut ops = Vec::with_capacity(buffers.len());
-            for buffer in buffers.iter_mut() {
-                match connector
-                    .create_writable([Descriptor::from_mut_slice(&mut buffer.bytes)])
-                    .await
-                {
-                    Ok(op) => ops.push(op),
-                    Err(e) => return io.send(&json!({"error": e.to_string()})).await,
-                }
-            }
-            expose_and_await(io, &mut ops, limit).await?
-        }
-    };
-    let reply = match outcome {
-        Ok(()) if verify && direction == Direction::Write => {
-            let checksums: Vec<u64> = buffers.iter().map(|b| checksum(&b.bytes)).collect();
-            json!({"done": true, "checksums": checksums})
-        }
-        Ok(()) => json!({"done": true}),
-        Err(why) => json!({"done": false, "error": why}),
-    };
-    io.send(&reply).await
 }
 
 /// The peer process, seen from the active side, with the port of its ping-pong server.
@@ -310,7 +247,11 @@ async fn exchange(
 ) -> Result<(Duration, Value)> {
     match buffers {
         [buffer] => transfer(connector, peer, direction, buffer, verify).await,
-        _ => transfer_batch(connector, peer, direction, buffers, verify).await,
+        _ => {
+            let batch =
+                transfer_batch(connector, &mut peer.process, direction, buffers, verify).await?;
+            Ok((batch.elapsed, batch.done))
+        }
     }
 }
 
@@ -332,75 +273,6 @@ async fn transfer(
     let metadata = peer.process.recv_metadata(size, limit).await?;
     let local = Local::of(direction, buffer);
     let elapsed = transfer_against(connector, &metadata, local, limit).await?;
-    let done = peer.process.recv_done(direction.passive(), limit).await?;
-    Ok((elapsed, done))
-}
-
-/// One batch: asks the peer for `buffers.len()` passive operations at once, begins an active
-/// one over each buffer, awaits them all concurrently and times the lot, then reads the peer's
-/// completion line, which it returns.
-async fn transfer_batch(
-    connector: &Connector,
-    peer: &mut Peer,
-    direction: Direction,
-    buffers: &mut [Vec<u8>],
-    verify: bool,
-) -> Result<(Duration, Value)> {
-    let count = buffers.len();
-    let size = buffers.first().map_or(0, Vec::len);
-    let limit = operation_limit(size.saturating_mul(count));
-    peer.process
-        .io
-        .send(&json!({
-            "op": direction.passive(),
-            "size": size,
-            "count": count,
-            "verify": verify,
-        }))
-        .await?;
-    let mut metadata = Vec::with_capacity(count);
-    for _ in 0..count {
-        metadata.push(peer.process.recv_metadata(size, limit).await?);
-    }
-    let timed = async {
-        let start = Instant::now();
-        let elapsed = match direction {
-            Direction::Read => {
-                let mut ops = Vec::with_capacity(count);
-                for (buffer, metadata) in buffers.iter_mut().zip(&metadata) {
-                    ops.push(
-                        connector
-                            .begin_read(metadata, [Descriptor::from_mut_slice(buffer)])
-                            .await?,
-                    );
-                }
-                complete_all(&mut ops).await?;
-                start.elapsed()
-            }
-            Direction::Write => {
-                let mut ops = Vec::with_capacity(count);
-                for (buffer, metadata) in buffers.iter().zip(&metadata) {
-                    ops.push(
-                        connector
-                            .begin_write([Descriptor::from_slice(buffer)], metadata)
-                            .await?,
-                    );
-                }
-                complete_all(&mut ops).await?;
-                start.elapsed()
-            }
-        };
-        Ok::<_, ferry::Error>(elapsed)
-    };
-    let elapsed = tokio::time::timeout(limit, timed)
-        .await
-        .map_err(|_| {
-            format!(
-                "{count} {}s of {size} bytes not complete within {limit:?}",
-                direction.name()
-            )
-        })?
-        .map_err(|e| format!("{count} {}s of {size} bytes: {e}", direction.name()))?;
     let done = peer.process.recv_done(direction.passive(), limit).await?;
     Ok((elapsed, done))
 }

@@ -15,6 +15,7 @@ use clap::{Parser, ValueEnum};
 use ferry_benches::baseline::PONG_BYTES;
 use ferry_benches::baseline::{self, Iperf};
 use ferry_benches::cli::{self, command_line, on_worker, RunArgs};
+use ferry_benches::peer::{in_flight_widths, parse_in_flight};
 use ferry_benches::report::{Machine, Report, Row, THROUGHPUT_FROM};
 use ferry_benches::stats::{micros, Summary};
 use ferry_benches::tcp::{self, Direction};
@@ -114,25 +115,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Parses `--in-flight`: a whole number, at least 1.
-fn parse_in_flight(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!(
-            "{text:?}: expected a whole number of operations, at least 1"
-        )),
-    }
-}
-
 /// The numbers in flight to measure `size` at: 1, and `in_flight` when it is above 1 and a
 /// batch moves at most [`IN_FLIGHT_BYTES`].
 fn widths(size: usize, in_flight: usize) -> Vec<usize> {
-    let batch = size.checked_mul(in_flight);
-    if in_flight > 1 && batch.is_some_and(|b| b <= IN_FLIGHT_BYTES) {
-        vec![1, in_flight]
-    } else {
-        vec![1]
-    }
+    in_flight_widths(size, in_flight, IN_FLIGHT_BYTES)
 }
 
 async fn run(args: Args) -> Result<Report> {
