@@ -6,7 +6,7 @@
 //! a buffer it allocated once per size, prints the operation's metadata
 //! ([`ferry::RdmaMetadata::to_json`]) as one line, awaits the operation, and prints
 //! `{"done":true,"at_ns":T}` (with a `checksum` of a written buffer when asked to verify) or
-//! `{"done":false,"error":…}` ([`serve_passive`]). On tcp a passive operation moves bytes only
+//! `{"done":false,"error":…}` ([`serve_passive`](crate::peer::serve_passive)). On tcp a passive operation moves bytes only
 //! while its owner awaits it, which the peer does, in its own process, while the active side
 //! transfers.
 //!
