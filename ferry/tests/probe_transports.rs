@@ -4,7 +4,7 @@
 //! it. Prints `skipped: <reason>` where the build has no ucx feature or UCX is missing.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long `ferry probe` may take (it makes a UCX context and connects two workers).
 const LIMIT: Duration = Duration::from_secs(60);
@@ -18,21 +18,29 @@ fn probe_with_tcp(binary: &str) -> serde_json::Value {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("starting ferry probe");
-    // Bounded: poll the child's exit, sleeping 20 ms between looks (a probe takes well
-    // under a second; 20 ms keeps this from spinning a CPU the probe needs).
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if child.try_wait().expect("waiting for ferry probe").is_some() {
-            break;
-        }
-        if Instant::now() >= deadline {
+    // Bounded without polling: a thread reads the child's stdout to its end (the child's
+    // exit closes it) and hands it over; past the limit the child is killed.
+    let mut stdout = child.stdout.take().expect("a stdout pipe");
+    let (sent, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let read = std::io::Read::read_to_end(&mut stdout, &mut bytes).map(|_| bytes);
+        let _ = sent.send(read);
+    });
+    let stdout = match received.recv_timeout(LIMIT) {
+        Ok(read) => read.expect("reading ferry probe"),
+        Err(_) => {
             let _ = child.kill();
             panic!("ferry probe ran past {LIMIT:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("reading ferry probe");
-    assert!(output.status.success(), "ferry probe failed: {output:?}");
+    };
+    let status = child.wait().expect("waiting for ferry probe");
+    assert!(status.success(), "ferry probe failed: {status:?}");
+    let output = std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    };
     serde_json::from_slice(&output.stdout).expect("ferry probe --json prints JSON")
 }
 
