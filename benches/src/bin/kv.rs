@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use ferry_benches::baseline;
-use ferry_benches::cli::{command_line, on_worker};
+use ferry_benches::cli::{block_on_worker, command_line};
 use ferry_benches::kv::{self, BlockSet, KvRow};
 use ferry_benches::report::Machine;
 use ferry_benches::stats::{gigabytes, micros, IterationPlan};
@@ -54,18 +54,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("ferry-bench-kv: no tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     if args.peer {
-        return match runtime.block_on(on_worker(kv::run_peer(args.pool_blocks))) {
+        return match block_on_worker(kv::run_peer(args.pool_blocks)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ferry-bench-kv --peer: {e}");
@@ -73,7 +63,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match runtime.block_on(on_worker(run(args))) {
+    match block_on_worker(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("ferry-bench-kv: some reads delivered wrong bytes");
