@@ -85,11 +85,18 @@ impl Registry {
 /// How many connections this side may hold to one peer at once, dialling, busy and idle
 /// together. A transfer that finds them all busy waits, in its own polls, for one to come
 /// back ([`Budget::freed`]) rather than dialling more, so ten thousand operations in flight
-/// use a bounded number of sockets.
+/// use a bounded number of sockets. The cap is soft: a transfer that has waited
+/// `TcpConfig::queue_patience` without any connection coming back dials anyway
+/// ([`Budget::take_over_cap`]), because the busy connections belong to operations whose owners
+/// may not be polling them (bytes move in the owners' polls), and waiting on those could wait
+/// for ever. While connections keep coming back, it keeps waiting.
 #[derive(Debug)]
 pub(crate) struct Budget {
     open: AtomicUsize,
     cap: usize,
+    /// Counts connections coming back or closing: waiters see from it whether the holders
+    /// are making progress at all.
+    returns: AtomicU64,
     /// Woken when a connection goes back to the idle pool or closes.
     pub(crate) freed: tokio::sync::Notify,
 }
@@ -99,6 +106,7 @@ impl Budget {
         Arc::new(Budget {
             open: AtomicUsize::new(0),
             cap: cap.max(1),
+            returns: AtomicU64::new(0),
             freed: tokio::sync::Notify::new(),
         })
     }
@@ -112,6 +120,23 @@ impl Budget {
             .ok()
             .map(|_| Slot(self.clone()))
     }
+
+    /// Records a connection coming back to the idle pool and wakes a waiter.
+    pub(crate) fn returned(&self) {
+        self.returns.fetch_add(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+
+    /// How many connections have come back or closed so far.
+    pub(crate) fn returns(&self) -> u64 {
+        self.returns.load(Ordering::Acquire)
+    }
+
+    /// A place beyond the cap, for an operation that has waited its patience out.
+    pub(crate) fn take_over_cap(self: &Arc<Self>) -> Slot {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Slot(self.clone())
+    }
 }
 
 /// One connection's place in a [`Budget`], given back when the connection closes (or when
@@ -122,7 +147,7 @@ pub(crate) struct Slot(Arc<Budget>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
+        self.0.returned();
     }
 }
 

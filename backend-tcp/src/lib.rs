@@ -19,7 +19,8 @@
 //! - Connections are pooled per peer and reused; each carries one transfer at a time, so
 //!   many operations in flight use many connections, up to
 //!   [`TcpConfig::max_connections_per_peer`] (64): operations beyond it are begun at once but
-//!   wait, in their own polls, for a connection to come back. Transfers of at least
+//!   wait, in their own polls, for a connection to come back; if none comes back at all for
+//!   [`TcpConfig::queue_patience`] (100 ms), they dial one beyond the cap. Transfers of at least
 //!   [`TcpConfig::parallel_threshold`] bytes can be spread over
 //!   [`TcpConfig::parallel_connections`] connections.
 //! - Every request is checked on the serving side (SPEC §9): the key must name a live
@@ -139,6 +140,12 @@ pub struct TcpConfig {
     /// Operations beyond it wait, in their own polls, for a connection to come back. Default
     /// 64.
     pub max_connections_per_peer: usize,
+    /// How long an operation waits for one of those connections, with none coming back at all,
+    /// before it dials one beyond the cap. The busy connections belong to operations that move
+    /// bytes only while their owners poll them; an owner awaiting a later operation first
+    /// would otherwise wait for ever. While connections keep coming back the operation keeps
+    /// waiting. Default 100 ms.
+    pub queue_patience: Duration,
 }
 
 impl TcpConfig {
@@ -186,6 +193,7 @@ impl Default for TcpConfig {
             max_connections: 4096,
             max_idle_per_peer: 64,
             max_connections_per_peer: 64,
+            queue_patience: Duration::from_millis(100),
         }
     }
 }

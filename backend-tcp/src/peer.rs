@@ -1,6 +1,7 @@
 //! The active side: a pool of connections per peer, and the transfer that pulls from a
 //! readable or pushes into a writable.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -38,9 +39,9 @@ impl RemotePeer {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// An idle connection, or a new one if the budget has room; `None` when every
-    /// connection this side may hold to the peer is busy.
-    async fn try_checkout(&self) -> Result<Option<Conn>, Error> {
+    /// An idle connection, or a new one if the budget has room (or `over_cap`); `None` when
+    /// every connection this side may hold to the peer is busy.
+    async fn try_checkout(&self, over_cap: bool) -> Result<Option<Conn>, Error> {
         loop {
             let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match conn {
@@ -57,8 +58,10 @@ impl RemotePeer {
                 reason: "this Connector was aborted".into(),
             });
         }
-        let Some(slot) = self.budget.try_take() else {
-            return Ok(None);
+        let slot = match self.budget.try_take() {
+            Some(slot) => slot,
+            None if over_cap => self.budget.take_over_cap(),
+            None => return Ok(None),
         };
         Conn::dial(
             &self.server.registry,
@@ -73,17 +76,36 @@ impl RemotePeer {
         })
     }
 
-    /// Waits until a connection is free or may be dialled. The future owns what it needs,
-    /// so a queued transfer can hold it across its owner's polls.
+    /// Waits until a connection is free or may be dialled; after a queue patience in which no
+    /// connection came back at all, dials beyond the cap. The future owns what it needs, so a queued transfer
+    /// can hold it across its owner's polls.
     fn wait_checkout(self: Arc<Self>) -> BoxFuture<'static, Result<Conn, Error>> {
         Box::pin(async move {
+            let patience = self.server.config.queue_patience;
+            let mut stall = std::pin::pin!(tokio::time::sleep(patience));
+            let mut returns = self.budget.returns();
+            let mut over_cap = false;
             loop {
                 // Made before looking, so that a connection freed meanwhile still wakes it.
-                let freed = self.budget.freed.notified();
-                if let Some(conn) = self.try_checkout().await? {
+                let mut freed = std::pin::pin!(self.budget.freed.notified());
+                if let Some(conn) = self.try_checkout(over_cap).await? {
                     return Ok(conn);
                 }
-                freed.await;
+                let stalled = std::future::poll_fn(|cx| {
+                    if freed.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(false)
+                    } else {
+                        stall.as_mut().poll(cx).map(|()| true)
+                    }
+                })
+                .await;
+                if stalled {
+                    // A patience's worth of waiting: a stall only if nothing came back since.
+                    let now = self.budget.returns();
+                    over_cap = now == returns;
+                    returns = now;
+                    stall.as_mut().reset(tokio::time::Instant::now() + patience);
+                }
             }
         })
     }
@@ -93,7 +115,7 @@ impl RemotePeer {
         if idle.len() < self.server.config.max_idle_per_peer {
             idle.push(conn);
             drop(idle);
-            self.budget.freed.notify_one();
+            self.budget.returned();
         }
         // Otherwise the connection closes here, and its slot wakes a waiter as it goes.
     }
@@ -185,7 +207,7 @@ impl ferry_core::Peer for PeerHandle {
                         Vec::new(),
                     )),
                 };
-                let part = match peer.try_checkout().await? {
+                let part = match peer.try_checkout(false).await? {
                     Some(mut conn) => match start {
                         Start::Read { frame, segs } => {
                             conn.write_all(&frame).await.map_err(|e| Error::PeerLost {

@@ -124,3 +124,68 @@ async fn a_cancelled_operation_that_waited_for_a_connection_tells_its_peer() {
         "the cancelled read landed nothing"
     );
 }
+
+/// Regression: with every connection held by operations nobody polls (tcp moves bytes in the
+/// owners' polls), an operation awaited alone waited for one of them for ever. It now dials
+/// beyond the cap once `queue_patience` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_awaited_before_those_holding_the_connections_still_completes() {
+    let (passive, _) = connector_with_stats(TcpConfig::default()).await;
+    let (active, active_stats) = connector_with_stats(TcpConfig {
+        max_connections_per_peer: 1,
+        ..TcpConfig::default()
+    })
+    .await;
+    let (first, second) = (pattern(1 << 20, 3), pattern(1 << 20, 4));
+    let mut first_readable = passive
+        .create_readable([Descriptor::from_slice(&first)])
+        .await
+        .expect("readable");
+    let mut second_readable = passive
+        .create_readable([Descriptor::from_slice(&second)])
+        .await
+        .expect("readable");
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut holds_the_connection = active
+        .begin_read(
+            first_readable.metadata(),
+            [Descriptor::from_mut_slice(&mut a)],
+        )
+        .await
+        .expect("begin");
+    let mut awaited_first = active
+        .begin_read(
+            second_readable.metadata(),
+            [Descriptor::from_mut_slice(&mut b)],
+        )
+        .await
+        .expect("begin");
+    // Only the second pair is awaited; the first read, which holds the one connection the cap
+    // allows, is not polled meanwhile.
+    let second_pair = async {
+        tokio::try_join!(
+            awaited_first.wait_for_completion(),
+            second_readable.wait_for_completion()
+        )
+    };
+    tokio::time::timeout(LIMIT, second_pair)
+        .await
+        .expect("the second read completes although the first holds the connection")
+        .expect("second read");
+    assert_eq!(
+        active_stats.open_sockets(),
+        2,
+        "one connection beyond the cap"
+    );
+    tokio::time::timeout(LIMIT, async {
+        tokio::try_join!(
+            holds_the_connection.wait_for_completion(),
+            first_readable.wait_for_completion()
+        )
+    })
+    .await
+    .expect("the first read completes too")
+    .expect("first read");
+    drop((holds_the_connection, awaited_first));
+    assert!(a == first && b == second, "the bytes of both reads");
+}
