@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use ferry::tcp::StatsHandle;
 use ferry::tcp::TcpConfig;
-use ferry::{Descriptor, Error, OperationStatus};
+use ferry::{Connector, Descriptor, Error, OperationStatus, ReadOperation, ReadableOperation};
 use ferry_conformance::rules::pattern;
 use ferry_conformance::tcp::connector_with_stats;
 
@@ -20,6 +21,47 @@ fn capped() -> TcpConfig {
         max_connections_per_peer: CAP,
         ..TcpConfig::default()
     }
+}
+
+/// A default passive Connector, an active one allowed a single connection to it (and its
+/// counters), two readables over `sources`, and a read begun against each into `landings`: the
+/// first read holds the one connection, the second waits for it.
+async fn two_reads_on_one_connection<'a>(
+    sources: [&'a [u8]; 2],
+    landings: [&'a mut [u8]; 2],
+) -> (
+    [ReadableOperation<'a>; 2],
+    [ReadOperation<'a>; 2],
+    StatsHandle,
+    [Connector; 2],
+) {
+    let (passive, _) = connector_with_stats(TcpConfig::default()).await;
+    let (active, stats) = connector_with_stats(TcpConfig {
+        max_connections_per_peer: 1,
+        ..TcpConfig::default()
+    })
+    .await;
+    let mut readables = Vec::new();
+    for source in sources {
+        readables.push(
+            passive
+                .create_readable([Descriptor::from_slice(source)])
+                .await
+                .expect("readable"),
+        );
+    }
+    let mut reads = Vec::new();
+    for (landing, readable) in landings.into_iter().zip(&readables) {
+        reads.push(
+            active
+                .begin_read(readable.metadata(), [Descriptor::from_mut_slice(landing)])
+                .await
+                .expect("begin"),
+        );
+    }
+    let [first, second] = <[_; 2]>::try_from(readables).expect("two readables");
+    let [a, b] = <[_; 2]>::try_from(reads).expect("two reads");
+    ([first, second], [a, b], stats, [passive, active])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,36 +116,14 @@ async fn many_more_operations_than_connections_all_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_operation_that_waited_for_a_connection_tells_its_peer() {
-    let (passive, _) = connector_with_stats(TcpConfig::default()).await;
-    let (active, _) = connector_with_stats(TcpConfig {
-        max_connections_per_peer: 1,
-        ..TcpConfig::default()
-    })
-    .await;
     let (first, second) = (pattern(1 << 16, 1), pattern(1 << 16, 2));
-    let mut first_readable = passive
-        .create_readable([Descriptor::from_slice(&first)])
-        .await
-        .expect("readable");
-    let mut second_readable = passive
-        .create_readable([Descriptor::from_slice(&second)])
-        .await
-        .expect("readable");
     let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
-    let mut holds_the_connection = active
-        .begin_read(
-            first_readable.metadata(),
-            [Descriptor::from_mut_slice(&mut a)],
-        )
-        .await
-        .expect("begin");
-    let mut waits = active
-        .begin_read(
-            second_readable.metadata(),
-            [Descriptor::from_mut_slice(&mut b)],
-        )
-        .await
-        .expect("begin");
+    let (
+        [mut first_readable, mut second_readable],
+        [mut holds_the_connection, mut waits],
+        _,
+        _keep,
+    ) = two_reads_on_one_connection([&first, &second], [&mut a, &mut b]).await;
     assert_eq!(waits.status(), OperationStatus::InProgress);
     waits.cancel();
     // The first read finishes and frees the connection; the cancel goes out on it.
@@ -117,7 +137,7 @@ async fn a_cancelled_operation_that_waited_for_a_connection_tells_its_peer() {
         .await
         .expect("the waiting read's peer hears of the cancel");
     assert!(matches!(ended, Err(Error::Cancelled { .. })), "{ended:?}");
-    drop((holds_the_connection, waits));
+    drop((holds_the_connection, waits, first_readable, second_readable));
     assert_eq!(a, first);
     assert!(
         b.iter().all(|&x| x == 0),
@@ -130,36 +150,14 @@ async fn a_cancelled_operation_that_waited_for_a_connection_tells_its_peer() {
 /// beyond the cap once `queue_patience` has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_awaited_before_those_holding_the_connections_still_completes() {
-    let (passive, _) = connector_with_stats(TcpConfig::default()).await;
-    let (active, active_stats) = connector_with_stats(TcpConfig {
-        max_connections_per_peer: 1,
-        ..TcpConfig::default()
-    })
-    .await;
     let (first, second) = (pattern(1 << 20, 3), pattern(1 << 20, 4));
-    let mut first_readable = passive
-        .create_readable([Descriptor::from_slice(&first)])
-        .await
-        .expect("readable");
-    let mut second_readable = passive
-        .create_readable([Descriptor::from_slice(&second)])
-        .await
-        .expect("readable");
     let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    let mut holds_the_connection = active
-        .begin_read(
-            first_readable.metadata(),
-            [Descriptor::from_mut_slice(&mut a)],
-        )
-        .await
-        .expect("begin");
-    let mut awaited_first = active
-        .begin_read(
-            second_readable.metadata(),
-            [Descriptor::from_mut_slice(&mut b)],
-        )
-        .await
-        .expect("begin");
+    let (
+        [mut first_readable, mut second_readable],
+        [mut holds_the_connection, mut awaited_first],
+        active_stats,
+        _keep,
+    ) = two_reads_on_one_connection([&first, &second], [&mut a, &mut b]).await;
     // Only the second pair is awaited; the first read, which holds the one connection the cap
     // allows, is not polled meanwhile.
     let second_pair = async {
@@ -186,6 +184,11 @@ async fn an_operation_awaited_before_those_holding_the_connections_still_complet
     .await
     .expect("the first read completes too")
     .expect("first read");
-    drop((holds_the_connection, awaited_first));
+    drop((
+        holds_the_connection,
+        awaited_first,
+        first_readable,
+        second_readable,
+    ));
     assert!(a == first && b == second, "the bytes of both reads");
 }
