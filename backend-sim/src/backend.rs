@@ -163,8 +163,8 @@ impl SimBackend {
             OperationKind::Read => {
                 slot.snapshot = local
                     .iter()
-                    .map(|d| Bytes::copy_from_slice(d.as_slice()))
-                    .collect();
+                    .map(|d| host_bytes(d).map(Bytes::copy_from_slice))
+                    .collect::<Result<_, _>>()?;
             }
             OperationKind::Write => slot.staged = local.iter().map(|_| Staged::default()).collect(),
         }
@@ -313,8 +313,8 @@ impl SimPeer {
                     .descriptors
                     .iter()
                     .zip(local.iter())
-                    .map(|(r, l)| (r.ptr, Bytes::copy_from_slice(l.as_slice())))
-                    .collect(),
+                    .map(|(r, l)| host_bytes(l).map(|b| (r.ptr, Bytes::copy_from_slice(b))))
+                    .collect::<Result<_, _>>()?,
             },
         };
         let mut slot = OpSlot::new(
@@ -486,4 +486,13 @@ impl Drop for SimSleep {
     fn drop(&mut self) {
         self.world.lock().remove_timer(self.id);
     }
+}
+
+/// A descriptor's host bytes. The simulator moves host memory only: validation refuses device
+/// memory before an operation exists, and this refuses it again rather than trust that.
+fn host_bytes<'d>(descriptor: &'d Descriptor<'_>) -> Result<&'d [u8], Error> {
+    descriptor.as_slice().ok_or(Error::UnsupportedDevice {
+        device: descriptor.device(),
+        backend: "sim",
+    })
 }

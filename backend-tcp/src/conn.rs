@@ -547,7 +547,9 @@ impl Sender {
                 let s = self.segs[seg];
                 let take = (s.len - offset).min(self.frame_left - covered);
                 if take > 0 {
-                    let bytes = local[s.index].as_slice();
+                    let Some(bytes) = local[s.index].as_slice() else {
+                        return Poll::Ready(Err(not_host()));
+                    };
                     let from = s.offset + offset;
                     slices.push(IoSlice::new(&bytes[from..from + take]));
                     covered += take;
@@ -637,6 +639,9 @@ impl Receiver {
                 let from = s.offset + self.cursor.offset;
                 let take = (s.len - self.cursor.offset).min(self.frame_left);
                 let Some(bytes) = local[s.index].as_mut_slice() else {
+                    if local[s.index].device() != ferry_core::Device::Cpu {
+                        return Poll::Ready(Err(ReadError::Io(not_host())));
+                    }
                     return Poll::Ready(Err(ReadError::Io(io::Error::new(
                         io::ErrorKind::PermissionDenied,
                         "a descriptor to land bytes in is read-only",
@@ -666,4 +671,12 @@ impl Receiver {
             self.frame_left = header.len;
         }
     }
+}
+
+/// Device memory reached a path that moves host bytes only (validation keeps it out).
+fn not_host() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "device memory on a path that moves host bytes only",
+    )
 }

@@ -1,6 +1,8 @@
 //! Views of local memory.
 
 use bytes::{Bytes, BytesMut};
+#[cfg(feature = "cuda")]
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceSlice};
 
 use crate::device::Device;
 
@@ -16,8 +18,21 @@ use crate::device::Device;
 /// (a writable, a read) need an exclusive view and refuse a shared one with
 /// [`Error::ReadOnlyDescriptor`](crate::Error::ReadOnlyDescriptor).
 ///
-/// Raw pointers (device memory, foreign allocations) are not accepted by this crate: it forbids
-/// `unsafe`, and only a backend that hands addresses to hardware can honour such a contract.
+/// With the `cuda` feature, CUDA device memory is described the same way, borrowed from
+/// cudarc's safe types: [`Descriptor::from_cuda_slice`] / [`Descriptor::from_cuda_view`] are
+/// read-only, [`Descriptor::from_cuda_slice_mut`] / [`Descriptor::from_cuda_view_mut`]
+/// writable. [`device`](Descriptor::device) is then `cuda:N` and [`addr`](Descriptor::addr) the
+/// device pointer. The host accessors ([`as_slice`](Descriptor::as_slice),
+/// [`as_mut_slice`](Descriptor::as_mut_slice)) give `None` for device memory; a backend that
+/// copies device memory itself takes [`cuda_view`](Descriptor::cuda_view) /
+/// [`cuda_view_mut`](Descriptor::cuda_view_mut), and one that hands addresses to hardware takes
+/// `addr`, `len` and `device`. A backend that cannot reach device memory leaves
+/// [`DeviceKind::Cuda`](crate::DeviceKind::Cuda) out of its capabilities, and validation refuses
+/// such descriptors with [`Error::UnsupportedDevice`](crate::Error::UnsupportedDevice) before any
+/// operation exists.
+///
+/// Raw pointers (foreign allocations) are not accepted by this crate: it forbids `unsafe`, and
+/// only a backend that hands addresses to hardware can honour such a contract.
 ///
 /// ```
 /// use ferry_core::{Descriptor, Device};
@@ -37,6 +52,35 @@ enum Memory<'buf> {
     Vec(Vec<u8>),
     BytesMut(BytesMut),
     Bytes(Bytes),
+    /// Read-only device memory.
+    #[cfg(feature = "cuda")]
+    CudaShared(DeviceRegion<CudaView<'buf, u8>>),
+    /// Writable device memory.
+    #[cfg(feature = "cuda")]
+    CudaExclusive(DeviceRegion<CudaViewMut<'buf, u8>>),
+}
+
+/// A device view with its pointer and ordinal, read once when the descriptor is made.
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+struct DeviceRegion<V> {
+    view: V,
+    ptr: u64,
+    ordinal: u32,
+}
+
+#[cfg(feature = "cuda")]
+impl<V: DevicePtr<u8>> DeviceRegion<V> {
+    fn new(view: V) -> Self {
+        // Reading the pointer through cudarc's safe API orders its stream after the memory's
+        // last write and records a read there (no-ops outside cudarc's multi-stream mode);
+        // the guard is dropped at once, as nothing is scheduled with the pointer here.
+        let (ptr, guard) = view.device_ptr(view.stream());
+        drop(guard);
+        // cudarc reaches devices by `i32` ordinals (cuDeviceGet), so an ordinal fits in u32.
+        let ordinal = u32::try_from(view.stream().context().ordinal()).unwrap_or(u32::MAX);
+        DeviceRegion { view, ptr, ordinal }
+    }
 }
 
 impl<'buf> Descriptor<'buf> {
@@ -56,17 +100,36 @@ impl<'buf> Descriptor<'buf> {
 
     /// The device the memory lives on.
     pub fn device(&self) -> Device {
-        Device::Cpu
+        match &self.memory {
+            #[cfg(feature = "cuda")]
+            Memory::CudaShared(d) => Device::Cuda(d.ordinal),
+            #[cfg(feature = "cuda")]
+            Memory::CudaExclusive(d) => Device::Cuda(d.ordinal),
+            _ => Device::Cpu,
+        }
     }
 
-    /// The address of the first byte, as a peer sees it in metadata.
+    /// The address of the first byte, as a peer sees it in metadata: a host virtual address,
+    /// or for device memory the device pointer (`CUdeviceptr`).
     pub fn addr(&self) -> u64 {
-        self.as_slice().as_ptr() as usize as u64
+        match &self.memory {
+            #[cfg(feature = "cuda")]
+            Memory::CudaShared(d) => d.ptr,
+            #[cfg(feature = "cuda")]
+            Memory::CudaExclusive(d) => d.ptr,
+            _ => self.host_bytes().map_or(0, |b| b.as_ptr() as usize as u64),
+        }
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.as_slice().len()
+        match &self.memory {
+            #[cfg(feature = "cuda")]
+            Memory::CudaShared(d) => d.view.len(),
+            #[cfg(feature = "cuda")]
+            Memory::CudaExclusive(d) => d.view.len(),
+            _ => self.host_bytes().map_or(0, <[u8]>::len),
+        }
     }
 
     /// Whether the region is empty (valid; moves nothing).
@@ -76,27 +139,39 @@ impl<'buf> Descriptor<'buf> {
 
     /// Whether a transfer may write into this memory.
     pub fn is_writable(&self) -> bool {
-        !matches!(self.memory, Memory::Shared(_) | Memory::Bytes(_))
-    }
-
-    /// The bytes, for a backend that moves host memory itself.
-    pub fn as_slice(&self) -> &[u8] {
         match &self.memory {
-            Memory::Shared(s) => s,
-            Memory::Exclusive(s) => s,
-            Memory::Vec(v) => v,
-            Memory::BytesMut(b) => b,
-            Memory::Bytes(b) => b,
+            Memory::Shared(_) | Memory::Bytes(_) => false,
+            #[cfg(feature = "cuda")]
+            Memory::CudaShared(_) => false,
+            _ => true,
         }
     }
 
-    /// The bytes, writable; `None` for a shared view.
+    /// The bytes of host memory, for a backend that moves host memory itself; `None` for
+    /// device memory, which the host cannot read in place.
+    pub fn as_slice(&self) -> Option<&[u8]> {
+        self.host_bytes()
+    }
+
+    /// The bytes of host memory, writable; `None` for a shared view and for device memory.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         match &mut self.memory {
-            Memory::Shared(_) | Memory::Bytes(_) => None,
             Memory::Exclusive(s) => Some(s),
             Memory::Vec(v) => Some(v),
             Memory::BytesMut(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn host_bytes(&self) -> Option<&[u8]> {
+        match &self.memory {
+            Memory::Shared(s) => Some(s),
+            Memory::Exclusive(s) => Some(s),
+            Memory::Vec(v) => Some(v),
+            Memory::BytesMut(b) => Some(b),
+            Memory::Bytes(b) => Some(b),
+            #[cfg(feature = "cuda")]
+            Memory::CudaShared(_) | Memory::CudaExclusive(_) => None,
         }
     }
 
@@ -106,6 +181,51 @@ impl<'buf> Descriptor<'buf> {
             addr: self.addr(),
             len: self.len() as u64,
             device: self.device(),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<'buf> Descriptor<'buf> {
+    /// A read-only view of a whole CUDA allocation.
+    pub fn from_cuda_slice(slice: &'buf CudaSlice<u8>) -> Self {
+        Self::from_cuda_view(slice.as_view())
+    }
+
+    /// A read-write view of a whole CUDA allocation.
+    pub fn from_cuda_slice_mut(slice: &'buf mut CudaSlice<u8>) -> Self {
+        Self::from_cuda_view_mut(slice.as_view_mut())
+    }
+
+    /// A read-only view of part of a CUDA allocation (`slice.slice(a..b)`).
+    pub fn from_cuda_view(view: CudaView<'buf, u8>) -> Self {
+        Descriptor {
+            memory: Memory::CudaShared(DeviceRegion::new(view)),
+        }
+    }
+
+    /// A read-write view of part of a CUDA allocation (`slice.slice_mut(a..b)`).
+    pub fn from_cuda_view_mut(view: CudaViewMut<'buf, u8>) -> Self {
+        Descriptor {
+            memory: Memory::CudaExclusive(DeviceRegion::new(view)),
+        }
+    }
+
+    /// The device memory, readable by cudarc copies; `None` for host memory.
+    pub fn cuda_view(&self) -> Option<CudaView<'_, u8>> {
+        match &self.memory {
+            Memory::CudaShared(d) => Some(d.view.slice(..)),
+            Memory::CudaExclusive(d) => Some(d.view.as_view()),
+            _ => None,
+        }
+    }
+
+    /// The device memory, writable by cudarc copies; `None` for host memory and for a
+    /// read-only view.
+    pub fn cuda_view_mut(&mut self) -> Option<CudaViewMut<'_, u8>> {
+        match &mut self.memory {
+            Memory::CudaExclusive(d) => Some(d.view.slice_mut(..)),
+            _ => None,
         }
     }
 }
@@ -133,7 +253,9 @@ impl Descriptor<'static> {
     }
 
     /// The owned buffer as a `Vec`, copying only if it was built from [`Bytes`] or
-    /// [`BytesMut`] that cannot be taken over.
+    /// [`BytesMut`] that cannot be taken over. Device memory (a `'static` view of a leaked
+    /// CUDA allocation) is copied to the host with cudarc; should that copy fail, the `Vec` is
+    /// empty.
     pub fn into_vec(self) -> Vec<u8> {
         match self.memory {
             Memory::Vec(v) => v,
@@ -141,6 +263,10 @@ impl Descriptor<'static> {
             Memory::Bytes(b) => b.into(),
             Memory::Shared(s) => s.to_vec(),
             Memory::Exclusive(s) => s.to_vec(),
+            #[cfg(feature = "cuda")]
+            Memory::CudaShared(d) => d.view.stream().clone_dtoh(&d.view).unwrap_or_default(),
+            #[cfg(feature = "cuda")]
+            Memory::CudaExclusive(d) => d.view.stream().clone_dtoh(&d.view).unwrap_or_default(),
         }
     }
 }
@@ -192,6 +318,7 @@ mod tests {
     fn owned_buffers_come_back() {
         let mut d = Descriptor::from_vec(vec![1, 2, 3]);
         d.as_mut_slice().unwrap()[0] = 9;
+        assert_eq!(d.as_slice(), Some(&[9, 2, 3][..]));
         assert_eq!(d.into_vec(), vec![9, 2, 3]);
     }
 

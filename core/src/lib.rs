@@ -24,6 +24,11 @@
 //! - [`Settlement`]: one operation's ending, decided once between a backend thread and the
 //!   operation's owner (model-checked with loom).
 //! - [`Backend`], [`Peer`], [`Transfer`]: what a transport provides.
+//! - With the `cuda` feature: descriptors over CUDA device memory (cudarc's safe types,
+//!   borrowed like host slices; see [`Descriptor`]) and `cuda`, which says whether this
+//!   machine has a usable driver and device without ever panicking when it has none. cudarc
+//!   loads `libcuda` at run time, so the feature builds everywhere. Without it nothing CUDA is
+//!   compiled.
 //!
 //! What it does not do: open sockets, spawn tasks, read clocks or touch memory through raw
 //! pointers (`unsafe` is forbidden here).
@@ -38,6 +43,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod descriptor;
 mod device;
 mod error;

@@ -110,8 +110,12 @@ impl Drop for Registered {
 }
 
 fn snapshot(event: &Event, lands: bool, memory: &[Descriptor<'_>]) -> Option<Vec<Vec<u8>>> {
-    (lands && matches!(event, Event::Completed))
-        .then(|| memory.iter().map(|d| d.as_slice().to_vec()).collect())
+    (lands && matches!(event, Event::Completed)).then(|| {
+        memory
+            .iter()
+            .map(|d| d.as_slice().unwrap_or_default().to_vec())
+            .collect()
+    })
 }
 
 /// Drives one transfer until it ends, is cancelled or is dropped, reporting every event.

@@ -453,7 +453,7 @@ impl RemoteBackend {
         };
         let (link, ready) = Link::spawn(program, backend)
             .map_err(|e| unavailable(format!("cannot start {}: {e}", program.display())))?;
-        let capabilities = match tokio::time::timeout(READY_TIMEOUT, ready).await {
+        let mut capabilities = match tokio::time::timeout(READY_TIMEOUT, ready).await {
             Ok(Ok(Reply::Ready { result })) => result?,
             Ok(Ok(other)) => return Err(unavailable(format!("the host began with {other:?}"))),
             Ok(Err(_)) => {
@@ -464,6 +464,11 @@ impl RemoteBackend {
             }
             Err(_) => return Err(unavailable("the host did not start within 30 s".into())),
         };
+        // Only host bytes cross the pipe to the host process: device memory is refused here,
+        // at validation, even where the hosted backend reaches it.
+        capabilities
+            .devices
+            .retain(|kind| *kind == ferry::core::DeviceKind::Host);
         Ok(RemoteBackend {
             link,
             shadows,
@@ -478,7 +483,7 @@ fn buffers(local: &[Descriptor<'_>], filled: bool) -> Vec<Buffer> {
     local
         .iter()
         .map(|d| match filled {
-            true => Buffer::Filled(d.as_slice().to_vec()),
+            true => Buffer::Filled(d.as_slice().unwrap_or_default().to_vec()),
             false => Buffer::Sized(d.len() as u64),
         })
         .collect()
