@@ -7,7 +7,8 @@
 //!  register / connect / post / cancel ─ command ─► mem_map + rkey_pack, ep_create (cached),
 //!           │ + a byte on the wake socket          get/put per descriptor → ep flush →
 //!           ▼                                      am_send(key) once the flush completed
-//!  poll_event: outcome in the table ◄── wake ──── outcomes, inbound AMs matched by key
+//!  poll_event: Settlement ◄──── settle + wake ──── Settlers in the table: endings, and
+//!                                                  inbound AMs matched by key
 //!                                                  sleeps on the worker's event fd + wake
 //!                                                  socket (poll(2), bounded) when idle
 //! ```
@@ -16,13 +17,19 @@
 //! The active side puts or gets each descriptor, flushes the endpoint, and only when the flush
 //! has completed (every byte is in place at the peer) sends the notification key's text as an
 //! active message. Active messages on one endpoint arrive in order after operations flushed
-//! before them, so the passive side sees the key after the data. The active operation is
-//! `Complete` once that message has left. A cancel lets posted gets and puts finish first
-//! (UCX cannot take back RMA, `ucp_request_cancel` does nothing for it), for up to
-//! [`DRAIN`]; then sends `<key>:cancel`, or reports `Complete` if the notification had already
-//! left (the cancel lost the race). A peer that does not let the requests finish within
-//! [`DRAIN`] leaves UCX owning memory the caller is about to free; nothing safe is left, and
-//! the process aborts (as the nixl backend does). Force-closing the endpoint instead is not
+//! before them, so the passive side sees the key after the data.
+//!
+//! Each operation's ending is decided once, through ferry-core's [`Settlement`]: the operation
+//! holds it, the progress thread's [`table`] holds its `Settler` (see there, and the loom model
+//! that runs that file). The active operation is `Complete` once UCX has taken the notification
+//! (`ucp_am_send_nbx` accepted it; a send that fails at once is `Errored`): sending it and
+//! settling are one step, so a cancel or drop comes wholly before it (the peer is sent
+//! `<key>:cancel` instead) or after it (the cancel lost the race: `Complete`). A cancel that
+//! decided lets posted gets and puts finish first (UCX cannot take back RMA,
+//! `ucp_request_cancel` does nothing for it), for up to [`DRAIN`], before it returns; a post
+//! the thread has not yet started is not started. A peer that does not let the requests finish
+//! within [`DRAIN`] leaves UCX owning memory the caller is about to free; nothing safe is left,
+//! and the process aborts (as the nixl backend does). Force-closing the endpoint instead is not
 //! implemented.
 //!
 //! # What the passive side can see
@@ -90,20 +97,28 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use ferry_core::state::Event;
 use ferry_core::{
     BoxFuture, Capabilities, Descriptor, DeviceKind, EndpointBlob, Error, Exposed, NotificationKey,
-    OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
+    OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Settlement, Side, Transfer,
 };
 
 mod progress;
+mod table;
+
+/// The synchronisation `table` uses: std's here, loom's where ferry-core's loom model compiles
+/// that file.
+mod sync {
+    pub(super) use std::sync::{Mutex, MutexGuard};
+}
 
 use crate::blob::{RegionKey, UcxBlob, NAME};
 use crate::config::{self, UcxConfig};
 use progress::{Command, Item, Progress};
+use table::Table;
 
 /// How long a cancel lets posted gets and puts finish before giving up (see the module docs).
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -175,51 +190,6 @@ fn cannot_connect(error: &crate::Error) -> Error {
     }
 }
 
-/// A slot of the outcome table: what the progress thread decided, and who to wake.
-#[derive(Default)]
-struct Slot {
-    outcome: Option<Event>,
-    waker: Option<Waker>,
-}
-
-impl Slot {
-    fn settle(&mut self, event: Event) {
-        if self.outcome.is_none() {
-            self.outcome = Some(event);
-            if let Some(waker) = self.waker.take() {
-                waker.wake();
-            }
-        }
-    }
-}
-
-/// Takes the outcome in `key`'s slot (and the slot with it: the key is consumed), or leaves
-/// `cx`'s waker there; `None` when there is no slot.
-fn take_or_wait<K: std::hash::Hash + Eq>(
-    slots: &mut HashMap<K, Slot>,
-    key: &K,
-    cx: &TaskContext<'_>,
-) -> Option<Poll<Event>> {
-    let slot = slots.get_mut(key)?;
-    match slot.outcome.take() {
-        Some(event) => {
-            slots.remove(key);
-            Some(Poll::Ready(event))
-        }
-        None => {
-            slot.waker = Some(cx.waker().clone());
-            Some(Poll::Pending)
-        }
-    }
-}
-
-#[derive(Default)]
-struct Table {
-    passive: HashMap<NotificationKey, Slot>,
-    active: HashMap<u64, Slot>,
-    unmatched: u64,
-}
-
 /// What the backend holds now (for leak checks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UcxStats {
@@ -249,7 +219,7 @@ struct Registered {
 struct Shared {
     commands: Mutex<Sender<Command>>,
     wake: UnixStream,
-    table: Arc<Mutex<Table>>,
+    table: Arc<Table>,
     registrations: Mutex<HashMap<u64, Registered>>,
     /// Connected peers by worker address, so a connect to a known peer needs no trip to the
     /// progress thread; the thread forgets a peer here when its endpoint fails.
@@ -324,7 +294,7 @@ impl UcxBackend {
             .map_err(|e| unavailable(format!("wake socket: {e}")))?;
         let (commands, inbox) = mpsc::channel();
         let (started, start) = mpsc::sync_channel(1);
-        let table = Arc::new(Mutex::new(Table::default()));
+        let table = Arc::new(Table::default());
         let thread_table = table.clone();
         let peers = Arc::new(Mutex::new(HashMap::new()));
         let thread_peers = Arc::clone(&peers);
@@ -393,11 +363,11 @@ impl UcxBackend {
             let mapped = registrations.values().filter(|r| r.rkey.is_some()).count();
             (registrations.len(), mapped)
         };
-        let table = lock(&self.shared.table);
+        let counts = self.shared.table.counts();
         UcxStats {
-            live_keys: table.passive.len(),
-            live_transfers: table.active.len(),
-            unmatched_notifications: table.unmatched,
+            live_keys: counts.live_keys,
+            live_transfers: counts.live_transfers,
+            unmatched_notifications: counts.unmatched,
             registrations,
             mapped,
         }
@@ -543,14 +513,22 @@ impl UcxBackend {
             regions,
         }
         .to_endpoint();
-        lock(&self.shared.table)
-            .passive
-            .insert(key, Slot::default());
+        let settlement = self
+            .shared
+            .table
+            .expose(key)
+            .ok_or_else(|| Error::Backend {
+                backend: NAME,
+                side: Side::Local,
+                code: 0,
+                message: "this notification key is already live".into(),
+            })?;
         Ok(Exposed {
             endpoint,
             transfer: Box::new(PassiveTransfer {
                 shared: self.shared.clone(),
                 key,
+                settlement,
             }),
         })
     }
@@ -592,10 +570,12 @@ impl UcxBackend {
     }
 }
 
-/// A passive operation: waits for its key's notification.
+/// A passive operation: waits for its key's notification, which the progress thread settles
+/// (see [`table`]).
 struct PassiveTransfer {
     shared: Arc<Shared>,
     key: NotificationKey,
+    settlement: Settlement,
 }
 
 impl Transfer for PassiveTransfer {
@@ -604,22 +584,22 @@ impl Transfer for PassiveTransfer {
         cx: &mut TaskContext<'_>,
         _local: &mut [Descriptor<'_>],
     ) -> Poll<Event> {
-        let mut table = lock(&self.shared.table);
-        take_or_wait(&mut table.passive, &self.key, cx)
-            .unwrap_or(Poll::Ready(Event::Failed(Error::StaleMetadata)))
+        self.settlement.poll_ended(cx)
     }
 
     fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
-        lock(&self.shared.table)
-            .passive
-            .remove(&self.key)
-            .and_then(|slot| slot.outcome)
+        self.shared
+            .table
+            .close_passive(&self.key, &mut self.settlement)
     }
 }
 
 impl Drop for PassiveTransfer {
     fn drop(&mut self) {
-        lock(&self.shared.table).passive.remove(&self.key);
+        // A second close after a cancel changes nothing.
+        self.shared
+            .table
+            .close_passive(&self.key, &mut self.settlement);
     }
 }
 
@@ -656,7 +636,7 @@ impl UcxPeer {
             });
         }
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.shared.table).active.insert(id, Slot::default());
+        let settlement = self.shared.table.begin(id);
         // The post is not waited for (an answer would cost the caller a wake-up): what fails on
         // the progress thread (a remote key UCX refuses, a failed endpoint, a refused put)
         // ends the operation `Errored` through `poll_event`. Commands run in order, so a
@@ -673,11 +653,12 @@ impl UcxPeer {
             Ok(()) => Ok(ActiveTransfer {
                 shared: self.shared.clone(),
                 id,
+                settlement,
                 ended: false,
             }),
             Err(e) => {
                 // The thread is gone and never saw the post.
-                lock(&self.shared.table).active.remove(&id);
+                self.shared.table.forget(id);
                 Err(e)
             }
         }
@@ -699,10 +680,13 @@ impl Peer for UcxPeer {
     }
 }
 
-/// An active operation: its gets or puts, flush and notification live on the thread.
+/// An active operation: its gets or puts, flush and notification live on the thread, which
+/// settles it (see [`table`]).
 struct ActiveTransfer {
     shared: Arc<Shared>,
     id: u64,
+    settlement: Settlement,
+    /// `poll_event` returned the ending, or `cancel` ran: the drop has nothing to close.
     ended: bool,
 }
 
@@ -712,27 +696,28 @@ impl Transfer for ActiveTransfer {
         cx: &mut TaskContext<'_>,
         _local: &mut [Descriptor<'_>],
     ) -> Poll<Event> {
-        let mut table = lock(&self.shared.table);
-        let polled = take_or_wait(&mut table.active, &self.id, cx).unwrap_or(Poll::Ready(
-            Event::Failed(Error::Cancelled { by: Side::Local }),
-        ));
+        let polled = self.settlement.poll_ended(cx);
         self.ended = polled.is_ready();
         polled
     }
 
     fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
         self.ended = true;
-        let id = self.id;
-        match self.shared.ask_raw(|reply| Command::Cancel { id, reply }) {
-            Ok(event) => event,
-            // The thread is gone: nothing progresses the worker any more, so UCX moves no more
-            // bytes for this operation.
-            Err(RecvTimeoutError::Disconnected) => None,
-            // The thread is stuck: UCX may still own the caller's memory.
-            Err(RecvTimeoutError::Timeout) => {
-                abort_unsafe("the ucx progress thread did not confirm a cancel in time")
+        let (shared, id) = (&self.shared, self.id);
+        // Requests posted before this close decided may still move the caller's memory: the
+        // thread drains them (and tells the peer) before it answers.
+        shared.table.close_active(id, &mut self.settlement, || {
+            match shared.ask_raw(|reply| Command::Cancel { id, reply }) {
+                Ok(()) => {}
+                // The thread is gone: nothing progresses the worker any more, so UCX moves no
+                // more bytes for this operation.
+                Err(RecvTimeoutError::Disconnected) => {}
+                // The thread is stuck: UCX may still own the caller's memory.
+                Err(RecvTimeoutError::Timeout) => {
+                    abort_unsafe("the ucx progress thread did not confirm a cancel in time")
+                }
             }
-        }
+        })
     }
 }
 
@@ -747,6 +732,5 @@ impl Drop for ActiveTransfer {
         if !self.ended {
             let _ = Transfer::cancel(self, &mut []);
         }
-        lock(&self.shared.table).active.remove(&self.id);
     }
 }

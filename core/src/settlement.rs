@@ -19,6 +19,9 @@
 //! - [`Settler::touch`] runs its closure only while the operation is live, holding the slot, so
 //!   a close waits for a touch in progress and no touch starts after it: once `close` (or the
 //!   drop) returns, nothing touches the memory through this settlement.
+//! - [`Settler::settle_with`] is a touch that settles: a step past which the operation cannot
+//!   be cancelled (sending the completion notification) is taken only while it is live, and
+//!   settles it in the same hold of the slot, so a close comes wholly before or after.
 //! - A settle wakes an owner parked in [`Settlement::poll_ended`]; no wake-up is lost.
 //!
 //! The synchronisation comes from the crate's loom shim, and `tests/loom_settlement.rs` checks
@@ -121,17 +124,29 @@ impl Settler {
     /// Settles the operation with `event` if nothing has yet (neither a settle nor the owner's
     /// close), waking the owner. Returns whether this call decided.
     pub fn settle(&self, event: Event) -> bool {
+        self.settle_with(|| (event, ())).is_some()
+    }
+
+    /// Runs `decide` only while the operation is live, holding the slot as [`Settler::touch`]
+    /// does, and settles with the event it returns, waking the owner; its other result comes
+    /// back. `None`, without running it, once the operation has been settled or closed.
+    ///
+    /// For a step past which the operation cannot be cancelled, such as sending the peer the
+    /// completion notification: the owner's close either comes first (the step is not taken)
+    /// or finds the operation settled with what `decide` returned, never in between.
+    pub fn settle_with<R>(&self, decide: impl FnOnce() -> (Event, R)) -> Option<R> {
         let mut slot = lock(&self.slot);
         if !slot.live() {
-            return false;
+            return None;
         }
+        let (event, decided) = decide();
         slot.ended = Some(event);
         let waker = slot.waker.take();
         drop(slot);
         if let Some(waker) = waker {
             waker.wake();
         }
-        true
+        Some(decided)
     }
 
     /// Runs `access` (for example, landing bytes in the owner's memory) only while the
@@ -199,6 +214,38 @@ mod tests {
         assert!(!backend.is_live());
         assert_eq!(backend.touch(|| 7), None);
         assert!(!backend.settle(Event::Completed));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            owner.poll_ended(&mut cx),
+            Poll::Ready(Event::CancelRequested)
+        );
+    }
+
+    #[test]
+    fn settle_with_takes_the_step_only_while_live() {
+        let (mut owner, backend) = Settlement::new();
+        let mut steps = 0;
+        assert_eq!(
+            backend.settle_with(|| {
+                steps += 1;
+                (Event::Completed, "sent")
+            }),
+            Some("sent")
+        );
+        assert_eq!(
+            backend.settle_with(|| {
+                steps += 1;
+                (Event::Failed(Error::StaleMetadata), "sent twice")
+            }),
+            None,
+            "settled: the step is not taken again"
+        );
+        assert_eq!(steps, 1);
+        assert_eq!(owner.close(), Some(Event::Completed));
+
+        let (mut owner, backend) = Settlement::new();
+        assert_eq!(owner.close(), None);
+        assert_eq!(backend.settle_with(|| (Event::Completed, ())), None);
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(
             owner.poll_ended(&mut cx),

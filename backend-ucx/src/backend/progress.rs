@@ -1,6 +1,7 @@
 //! The progress thread: owns the UCP context, worker, memory mappings and endpoints (all
-//! `!Send`), runs the commands the backend sends it, moves active operations through their
-//! phases (gets or puts → flush → notification) and matches inbound notifications by key.
+//! `!Send`), runs the commands the backend sends it, moves active operations on (gets or puts
+//! and a flush, then the notification) and matches inbound notifications by key. Every ending
+//! goes through the [`Table`]'s settlers.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -10,9 +11,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_core::state::Event;
-use ferry_core::{Error, Notification, NotificationKey, OperationKind, Side};
+use ferry_core::{Error, NotificationKey, OperationKind, Settler, Side};
 
+use super::table::Ending;
 use super::{
     abort_unsafe, cannot_connect, lock, Table, AM_NOTIFY, BUSY_SLEEP, DRAIN, IDLE_SLEEP, LINGER,
 };
@@ -51,36 +52,46 @@ pub(super) enum Command {
         rkeys: Vec<Vec<u8>>,
         items: Vec<Item>,
     },
+    /// The owner closed active operation `id` first (it is cancelled): answer once none of
+    /// its requests is in flight and its peer has been told.
     Cancel {
         id: u64,
-        reply: SyncSender<Option<Event>>,
+        reply: SyncSender<()>,
     },
     Shutdown,
 }
 
-/// Where an active operation is.
-enum Phase {
-    /// Gets or puts and the flush behind them are in flight.
-    Moving {
-        rma: Vec<Request>,
-        flush: Option<Request>,
-    },
-    /// The notification (or the cancel message) is leaving.
-    Notifying { message: Request },
-}
-
+/// An active operation whose gets or puts and the flush behind them are in flight.
 struct ActiveOp {
     endpoint: Endpoint,
     key: NotificationKey,
-    phase: Phase,
+    /// The gets or puts, then the flush.
+    requests: Vec<Request>,
     /// Kept until the requests that use them finish.
     _rkeys: Vec<RemoteKey>,
-    cancel: Option<(SyncSender<Option<Event>>, Instant)>,
+    settler: Settler,
+    /// The owner's cancel, waiting for the requests: its answer, and the drain's deadline.
+    cancel: Option<(SyncSender<()>, Instant)>,
+}
+
+impl ActiveOp {
+    /// `None` while a request is in flight; once none is, how they went (the first error).
+    fn poll(&mut self) -> Option<Result<(), crate::Error>> {
+        let (mut pending, mut error) = (false, None);
+        for request in &mut self.requests {
+            match request.poll() {
+                None => pending = true,
+                Some(Err(e)) => error = error.or(Some(e)),
+                Some(Ok(())) => {}
+            }
+        }
+        (!pending).then(|| error.map_or(Ok(()), Err))
+    }
 }
 
 /// The progress thread's state: everything `!Send`.
 pub(super) struct Progress {
-    table: Arc<Mutex<Table>>,
+    table: Arc<Table>,
     /// The callers' cache of connected peers: a failed endpoint's entry is removed.
     peers: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     error_handling: ErrorHandling,
@@ -111,7 +122,7 @@ fn failure(endpoint: &Endpoint, error: &crate::Error) -> Error {
 
 impl Progress {
     pub(super) fn start(
-        table: Arc<Mutex<Table>>,
+        table: Arc<Table>,
         peers: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
         error_handling: ErrorHandling,
     ) -> Result<Progress, Error> {
@@ -123,21 +134,7 @@ impl Progress {
         let handler_table = table.clone();
         worker
             .set_am_handler(AM_NOTIFY, move |message| {
-                let mut table = lock(&handler_table);
-                let matched = match Notification::parse(message.data) {
-                    Some(Notification::Complete(key)) => table
-                        .passive
-                        .get_mut(&key)
-                        .map(|slot| slot.settle(Event::Completed)),
-                    Some(Notification::Cancel(key)) => table
-                        .passive
-                        .get_mut(&key)
-                        .map(|slot| slot.settle(Event::PeerCancelled)),
-                    None => None,
-                };
-                if matched.is_none() {
-                    table.unmatched += 1;
-                }
+                handler_table.notify(message.data);
             })
             .map_err(|e| e.to_ferry(Side::Local))?;
         Ok(Progress {
@@ -237,10 +234,32 @@ impl Progress {
                 rkeys,
                 items,
             } => {
-                if let Err(e) = self.post(id, peer, kind, key, &rkeys, &items) {
+                // Always there: the owner forgets the operation only after the thread ended it.
+                let live = self.table.settler(id).filter(Settler::is_live);
+                let Some(settler) = live else {
+                    // Closed before it was posted: nothing is posted, the peer is told.
+                    let endpoint = self.endpoints.get(&peer).cloned();
+                    self.table.forget(id);
+                    self.tell_cancelled(endpoint.as_ref(), &key);
+                    return;
+                };
+                match self.post(peer, kind, &rkeys, &items) {
+                    Ok((endpoint, requests, _rkeys)) => {
+                        let op = ActiveOp {
+                            endpoint,
+                            key,
+                            requests,
+                            _rkeys,
+                            settler,
+                            cancel: None,
+                        };
+                        self.ops.insert(id, op);
+                        self.advance();
+                    }
                     // `post` returned once no request of it could touch the caller's memory.
-                    if let Some(slot) = lock(&self.table).active.get_mut(&id) {
-                        slot.settle(Event::Failed(e));
+                    Err(e) => {
+                        let endpoint = self.endpoints.get(&peer).cloned();
+                        self.end(id, &settler, endpoint.as_ref(), &key, Err(e));
                     }
                 }
             }
@@ -249,13 +268,9 @@ impl Progress {
                     op.cancel = Some((reply, Instant::now() + DRAIN));
                     self.advance();
                 }
+                // Already ended: none of its requests is in flight.
                 None => {
-                    // Already ended: hand over the outcome poll_event has not returned.
-                    let outcome = lock(&self.table)
-                        .active
-                        .remove(&id)
-                        .and_then(|slot| slot.outcome);
-                    let _ = reply.send(outcome);
+                    let _ = reply.send(());
                 }
             },
             Command::Shutdown => {}
@@ -336,15 +351,16 @@ impl Progress {
         }
     }
 
+    /// Posts a get or put per item and a flush behind them, on the endpoint to `peer`: that
+    /// endpoint, the requests (the flush last) and the remote keys they use. A post that fails
+    /// returns once none of its requests is in flight.
     fn post(
         &mut self,
-        id: u64,
         peer: u64,
         kind: OperationKind,
-        key: NotificationKey,
         packed: &[Vec<u8>],
         items: &[Item],
-    ) -> Result<(), Error> {
+    ) -> Result<(Endpoint, Vec<Request>, Vec<RemoteKey>), Error> {
         let endpoint = self
             .endpoints
             .get(&peer)
@@ -386,7 +402,7 @@ impl Progress {
             // SAFETY: the operation borrows `item.local` for `item.len` bytes (writable for a
             // read: validated by the facade); its cancel and drop wait, through this thread,
             // until every request has finished (ActiveOp's drain), and a post that fails after
-            // posting some requests returns only once they have finished (`settle` below), so
+            // posting some requests returns only once they have finished (`drain` below), so
             // the memory outlives UCX's use of it.
             let request = unsafe {
                 match kind {
@@ -410,34 +426,22 @@ impl Progress {
             Ok(()) => endpoint.flush().map_err(|e| failure(&endpoint, &e)),
             Err(e) => Err(e),
         };
-        let flush = match flush {
-            Ok(flush) => Some(flush),
+        match flush {
+            Ok(flush) => rma.push(flush),
             Err(e) => {
                 // Requests already posted move the caller's memory: the post reports its error
                 // only once they have finished, since the caller may free the memory then.
-                self.settle(&mut rma);
+                self.drain(&mut rma);
                 return Err(e);
             }
-        };
-        let _rkeys: Vec<RemoteKey> = rkeys.into_iter().flatten().collect();
-        self.ops.insert(
-            id,
-            ActiveOp {
-                endpoint,
-                key,
-                phase: Phase::Moving { rma, flush },
-                _rkeys,
-                cancel: None,
-            },
-        );
-        self.advance();
-        Ok(())
+        }
+        Ok((endpoint, rma, rkeys.into_iter().flatten().collect()))
     }
 
     /// Progresses the worker until every request in `rma` has finished (well or not), for up to
     /// [`DRAIN`]; past that UCX still owns memory its caller is about to free, and nothing safe
     /// is left but to stop the process.
-    fn settle(&mut self, rma: &mut [Request]) {
+    fn drain(&mut self, rma: &mut [Request]) {
         let deadline = Instant::now() + DRAIN;
         while rma.iter_mut().any(|request| request.poll().is_none()) {
             if Instant::now() >= deadline {
@@ -447,132 +451,72 @@ impl Progress {
         }
     }
 
-    /// Moves every active operation on as far as its requests allow; true if any moved.
+    /// Ends every active operation none of whose requests is still in flight; true if any
+    /// ended. A cancelled one that overstays the drain stops the process (see [`DRAIN`]).
     fn advance(&mut self) -> bool {
         self.leaving.retain_mut(|request| request.poll().is_none());
-        let mut moved = false;
         let mut ended = Vec::new();
         for (&id, op) in &mut self.ops {
-            match step(op) {
-                Step::Waiting => {}
-                Step::Moved => moved = true,
-                Step::Ended(event) => {
-                    moved = true;
-                    ended.push((id, event));
+            match op.poll() {
+                Some(moved) => ended.push((id, moved)),
+                None => {
+                    if let Some((_, deadline)) = &op.cancel {
+                        if Instant::now() >= *deadline {
+                            abort_unsafe(
+                                "a cancelled UCX transfer did not finish within the drain",
+                            );
+                        }
+                    }
                 }
             }
         }
-        for (id, event) in ended {
+        let any = !ended.is_empty();
+        for (id, moved) in ended {
             let Some(op) = self.ops.remove(&id) else {
                 continue;
             };
-            let ActiveOp { phase, cancel, .. } = op;
-            let mut table = lock(&self.table);
-            match cancel {
-                Some((reply, _)) => {
-                    table.active.remove(&id);
-                    drop(table);
-                    let _ = reply.send(event);
-                    // A cancel message (or a notification that won the race) still leaving.
-                    if let Phase::Notifying { message } = phase {
-                        self.leaving.push(message);
-                    }
-                }
-                None => {
-                    if let (Some(slot), Some(event)) = (table.active.get_mut(&id), event) {
-                        slot.settle(event);
-                    }
-                }
+            let moved = moved.map_err(|e| failure(&op.endpoint, &e));
+            self.end(id, &op.settler, Some(&op.endpoint), &op.key, moved);
+            if let Some((reply, _)) = op.cancel {
+                let _ = reply.send(());
             }
         }
-        moved
+        any
     }
-}
 
-enum Step {
-    Waiting,
-    Moved,
-    /// The op is over: its outcome (for a cancel: `None` when cancelled, the terminal event
-    /// when it lost the race).
-    Ended(Option<Event>),
-}
-
-fn step(op: &mut ActiveOp) -> Step {
-    let cancelling = op.cancel.is_some();
-    match &mut op.phase {
-        Phase::Moving { rma, flush } => {
-            let mut error = None;
-            let mut pending = false;
-            for request in rma.iter_mut() {
-                match request.poll() {
-                    None => pending = true,
-                    Some(Err(e)) => error = error.or(Some(e)),
-                    Some(Ok(())) => {}
-                }
-            }
-            match flush.as_mut().map(Request::poll) {
-                Some(None) => pending = true,
-                Some(Some(Err(e))) => error = error.or(Some(e)),
-                Some(Some(Ok(()))) | None => {}
-            }
-            if pending {
-                if let Some((_, deadline)) = &op.cancel {
-                    if Instant::now() >= *deadline {
-                        abort_unsafe("a cancelled UCX transfer did not finish within the drain");
-                    }
-                }
-                return Step::Waiting;
-            }
-            if let Some(e) = error {
-                if cancelling {
-                    let sent = op
-                        .endpoint
-                        .am_send(AM_NOTIFY, Vec::new(), op.key.cancel_message());
-                    return match sent {
-                        Ok(message) => {
-                            op.phase = Phase::Notifying { message };
-                            Step::Ended(None)
-                        }
-                        Err(_) => Step::Ended(None),
-                    };
-                }
-                return Step::Ended(Some(Event::Failed(failure(&op.endpoint, &e))));
-            }
-            let message = if cancelling {
-                op.key.cancel_message()
-            } else {
-                op.key.completion_message()
-            };
-            match op.endpoint.am_send(AM_NOTIFY, Vec::new(), message) {
-                Ok(message) => {
-                    op.phase = Phase::Notifying { message };
-                    if cancelling {
-                        // The bytes moved, but the peer is told it was cancelled.
-                        Step::Ended(None)
-                    } else {
-                        Step::Moved
-                    }
-                }
-                Err(e) if cancelling => {
-                    let _ = e;
-                    Step::Ended(None)
-                }
-                Err(e) => Step::Ended(Some(Event::Failed(failure(&op.endpoint, &e)))),
-            }
+    /// Ends active operation `id`, none of whose requests is in flight: through the table, the
+    /// completion notification is sent and settles it `Complete` (or the error it met settles
+    /// it `Errored`), unless its owner closed it first; then the peer is told it was cancelled.
+    fn end(
+        &mut self,
+        id: u64,
+        settler: &Settler,
+        endpoint: Option<&Endpoint>,
+        key: &NotificationKey,
+        moved: Result<(), Error>,
+    ) {
+        let notify = || match endpoint {
+            Some(endpoint) => endpoint
+                .am_send(AM_NOTIFY, Vec::new(), key.completion_message())
+                .map_err(|e| failure(endpoint, &e)),
+            None => Err(Error::PeerLost {
+                reason: "the endpoint to this peer failed".into(),
+            }),
+        };
+        match self.table.end(id, settler, moved, notify) {
+            Ending::Notified(message) => self.leaving.push(message),
+            Ending::Failed => {}
+            Ending::Cancelled => self.tell_cancelled(endpoint, key),
         }
-        Phase::Notifying { message } => match message.poll() {
-            None if cancelling => {
-                // The notification is on its way: the cancel lost the race.
-                Step::Ended(Some(Event::Completed))
-            }
-            None => Step::Waiting,
-            Some(Ok(())) => Step::Ended(Some(Event::Completed)),
-            Some(Err(e)) if cancelling => {
-                let _ = e;
-                Step::Ended(None)
-            }
-            Some(Err(e)) => Step::Ended(Some(Event::Failed(failure(&op.endpoint, &e)))),
-        },
+    }
+
+    /// Sends `key`'s cancel message (best effort: a peer that cannot be reached learns
+    /// nothing); the message is kept until it has left.
+    fn tell_cancelled(&mut self, endpoint: Option<&Endpoint>, key: &NotificationKey) {
+        let sent = endpoint.map(|e| e.am_send(AM_NOTIFY, Vec::new(), key.cancel_message()));
+        if let Some(Ok(message)) = sent {
+            self.leaving.push(message);
+        }
     }
 }
 
