@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use ferry_core::Descriptor;
+use ferry_core::{Descriptor, Error};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+#[cfg(feature = "cuda")]
+use crate::staging::{self, Inbound, Outbound};
 use crate::wire::{self, FrameType, Header, WireError, HEADER_LEN};
 
 /// The read-ahead buffer. Reads at least this large go straight into the destination.
@@ -418,13 +420,19 @@ impl Cursor {
     }
 }
 
-/// Streams segments out as `DATA` frames, written straight from the descriptors, with
-/// optional bytes before (a request) and after (a `DONE`).
+/// Streams segments out as `DATA` frames, written straight from the descriptors (device memory
+/// through staging buffers, with the `cuda` feature), with optional bytes before (a request)
+/// and after (a `DONE`).
 #[derive(Debug)]
 pub(crate) struct Sender {
     segs: Vec<Seg>,
     total: usize,
     cursor: Cursor,
+    /// Payload bytes written so far.
+    #[cfg(feature = "cuda")]
+    written: usize,
+    #[cfg(feature = "cuda")]
+    staged: Staged<Outbound>,
     unsent: usize,
     frame_left: usize,
     header: [u8; HEADER_LEN],
@@ -450,6 +458,10 @@ impl Sender {
             segs,
             total: unsent,
             cursor,
+            #[cfg(feature = "cuda")]
+            written: 0,
+            #[cfg(feature = "cuda")]
+            staged: Staged::Undecided,
             unsent,
             frame_left: 0,
             header: [0; HEADER_LEN],
@@ -507,6 +519,15 @@ impl Sender {
         }
     }
 
+    /// Lets go of the staging buffers (a cancel: the rest of the frame goes out as zeros),
+    /// after any copy in flight has finished.
+    pub(crate) fn release_staging(&mut self) {
+        #[cfg(feature = "cuda")]
+        {
+            self.staged = Staged::Direct;
+        }
+    }
+
     /// Whether every payload byte is out (the trailer may still be pending).
     pub(crate) fn payload_sent(&self) -> bool {
         self.unsent == 0 && self.frame_left == 0 && self.header_sent == HEADER_LEN
@@ -519,6 +540,13 @@ impl Sender {
         conn: &mut Conn,
         local: &[Descriptor<'_>],
     ) -> Poll<io::Result<()>> {
+        #[cfg(feature = "cuda")]
+        if matches!(self.staged, Staged::Undecided) {
+            self.staged = match staging::needed(&self.segs, local) {
+                true => Staged::Through(Box::new(Outbound::new(&self.segs))),
+                false => Staged::Direct,
+            };
+        }
         loop {
             if self.prefix_sent == self.prefix.len()
                 && self.payload_sent()
@@ -541,9 +569,31 @@ impl Sender {
                 slices.push(IoSlice::new(&self.header[self.header_sent..]));
             }
             let mut covered = 0;
+            #[cfg(feature = "cuda")]
+            let (direct, waiting) = match &mut self.staged {
+                Staged::Through(outbound) if self.frame_left > 0 => {
+                    match outbound.poll_bytes(cx, self.written, local) {
+                        Poll::Ready(Ok(bytes)) => {
+                            covered = bytes.len().min(self.frame_left);
+                            slices.push(IoSlice::new(&bytes[..covered]));
+                            (false, false)
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => (false, true),
+                    }
+                }
+                Staged::Through(_) => (false, false),
+                _ => (true, false),
+            };
+            #[cfg(not(feature = "cuda"))]
+            let (direct, waiting) = (true, false);
             let mut seg = self.cursor.seg;
             let mut offset = self.cursor.offset;
-            while covered < self.frame_left && seg < self.segs.len() && slices.len() < MAX_SLICES {
+            while direct
+                && covered < self.frame_left
+                && seg < self.segs.len()
+                && slices.len() < MAX_SLICES
+            {
                 let s = self.segs[seg];
                 let take = (s.len - offset).min(self.frame_left - covered);
                 if take > 0 {
@@ -563,6 +613,11 @@ impl Sender {
             {
                 slices.push(IoSlice::new(&self.trailer[self.trailer_sent..]));
             }
+            if slices.is_empty() && waiting {
+                // Only staged bytes could go next, and they are still being copied: the
+                // copy's event wakes this task.
+                return Poll::Pending;
+            }
             let mut n = ready!(conn.poll_write_vectored(cx, &slices))?;
             drop(slices);
             if n == 0 {
@@ -577,6 +632,10 @@ impl Sender {
             let take = n.min(self.frame_left);
             self.cursor.advance(&self.segs, take);
             self.frame_left -= take;
+            #[cfg(feature = "cuda")]
+            {
+                self.written += take;
+            }
             n -= take;
             self.trailer_sent += n;
         }
@@ -592,12 +651,18 @@ pub(crate) enum Received {
     Frame(Header),
 }
 
-/// Lands `DATA` frames straight into segments of an operation's descriptors.
+/// Lands `DATA` frames straight into segments of an operation's descriptors (device memory
+/// through staging buffers, with the `cuda` feature).
 #[derive(Debug)]
 pub(crate) struct Receiver {
     segs: Vec<Seg>,
     total: usize,
     cursor: Cursor,
+    /// Payload bytes read so far.
+    #[cfg(feature = "cuda")]
+    landed: usize,
+    #[cfg(feature = "cuda")]
+    staged: Staged<Inbound>,
     unannounced: usize,
     frame_left: usize,
 }
@@ -611,6 +676,10 @@ impl Receiver {
             segs,
             total: unannounced,
             cursor,
+            #[cfg(feature = "cuda")]
+            landed: 0,
+            #[cfg(feature = "cuda")]
+            staged: Staged::Undecided,
             unannounced,
             frame_left: 0,
         }
@@ -633,7 +702,28 @@ impl Receiver {
         conn: &mut Conn,
         local: &mut [Descriptor<'_>],
     ) -> Poll<Result<Received, ReadError>> {
+        #[cfg(feature = "cuda")]
+        if matches!(self.staged, Staged::Undecided) {
+            self.staged = match staging::needed(&self.segs, local) {
+                true => Staged::Through(Box::new(Inbound::new(&self.segs))),
+                false => Staged::Direct,
+            };
+        }
         loop {
+            #[cfg(feature = "cuda")]
+            if let (Staged::Through(inbound), true) = (&mut self.staged, self.frame_left > 0) {
+                let space = ready!(inbound.poll_space(cx, self.landed))?;
+                let take = space.len().min(self.frame_left);
+                let n = ready!(conn.poll_read_into(cx, &mut space[..take]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(ReadError::Closed { mid_frame: true }));
+                }
+                self.cursor.advance(&self.segs, n);
+                self.frame_left -= n;
+                self.landed += n;
+                inbound.filled(self.landed, local)?;
+                continue;
+            }
             if self.frame_left > 0 {
                 let s = self.segs[self.cursor.seg];
                 let from = s.offset + self.cursor.offset;
@@ -653,9 +743,18 @@ impl Receiver {
                 }
                 self.cursor.advance(&self.segs, n);
                 self.frame_left -= n;
+                #[cfg(feature = "cuda")]
+                {
+                    self.landed += n;
+                }
                 continue;
             }
             if self.unannounced == 0 {
+                // Every byte is off the socket; with staging, wait for the last copies.
+                #[cfg(feature = "cuda")]
+                if let Staged::Through(inbound) = &mut self.staged {
+                    ready!(inbound.poll_flushed(cx))?;
+                }
                 return Poll::Ready(Ok(Received::All));
             }
             let header = ready!(conn.poll_header(cx))?;
@@ -679,4 +778,28 @@ fn not_host() -> io::Error {
         io::ErrorKind::Unsupported,
         "device memory on a path that moves host bytes only",
     )
+}
+
+/// Whether a mover goes through staging buffers; decided at its first poll, when it sees the
+/// descriptors.
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+enum Staged<P> {
+    Undecided,
+    Direct,
+    Through(Box<P>),
+}
+
+/// A local failure (a CUDA error while staging) carried inside an `io::Error`: the operation
+/// ends with it rather than with a lost peer.
+pub(crate) fn local_failure(error: &io::Error) -> Option<Error> {
+    #[cfg(feature = "cuda")]
+    {
+        staging::local_failure(error)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = error;
+        None
+    }
 }

@@ -1,6 +1,7 @@
-//! ferry-backend-tcp: ferry over plain TCP, for any machine. Host memory only; bytes move
-//! straight between the socket and the operation's descriptors, in frames, with no
-//! whole-transfer buffer.
+//! ferry-backend-tcp: ferry over plain TCP, for any machine. Host bytes move straight between
+//! the socket and the operation's descriptors, in frames, with no whole-transfer buffer; with
+//! the `cuda` feature, CUDA device memory moves through two host staging buffers per
+//! connection (see "Device memory" below).
 //!
 //! ```text
 //!   active side (read / write)                passive side (readable / writable)
@@ -42,6 +43,23 @@
 //! with whatever you do while the peer works (`tokio::join!`, or its own task with owned
 //! buffers), which is what a worker that hands metadata to another process does anyway.
 //! [`ferry_core::Capabilities`] reports this as `progress_needs_polling`.
+//!
+//! # Device memory (the `cuda` feature)
+//! Descriptors over CUDA memory (`Descriptor::from_cuda_slice` and friends) are moved through
+//! host buffers of 4 MiB, two per sending or receiving connection: while one buffer is on the
+//! socket, the next chunk is copied from the device into the other (sending), or the chunk
+//! just read is copied to the device while the socket fills the other (receiving). The copies
+//! run on a CUDA stream of the transfer's own, ordered after the memory's earlier work by
+//! cudarc's events; a receiving side completes only once its last copy has finished, and a
+//! cancelled or failed transfer waits for its copies before it lets go of the memory. A CUDA
+//! error ends the operation with [`Error::Backend`] named `cuda` and the driver's code. The
+//! wire protocol does not change: a peer cannot tell device memory from host memory, so
+//! either side may use either.
+//!
+//! The staging buffers are **pageable** host memory: cudarc's pinned allocation is an
+//! `unsafe fn` and this crate forbids `unsafe`. The driver then stages each copy through its
+//! own pinned buffer, a device-to-host copy returns only when it is done, and copies overlap
+//! socket IO only as far as the socket buffers and the peer absorb.
 //!
 //! # Who observes what (SPEC §5)
 //! - The active side sees its peer vanish on its connection: `Errored(PeerLost)`.
@@ -95,6 +113,8 @@ use tokio::net::TcpListener;
 mod conn;
 mod peer;
 mod server;
+#[cfg(feature = "cuda")]
+mod staging;
 pub mod wire;
 
 pub use peer::PROTOCOL_VIOLATION;
@@ -108,6 +128,14 @@ pub const NAME: &str = "tcp";
 
 /// The blob format version.
 pub const BLOB_VERSION: u32 = 1;
+
+/// The memory kinds this build moves: host memory, and CUDA device memory (staged through
+/// host buffers) with the `cuda` feature.
+pub const DEVICES: &[DeviceKind] = &[
+    DeviceKind::Host,
+    #[cfg(feature = "cuda")]
+    DeviceKind::Cuda,
+];
 
 /// Code of the local error for a notification key drawn twice.
 pub const DUPLICATE_KEY: i64 = 2;
@@ -335,7 +363,7 @@ impl TcpBackend {
         Ok(TcpBackend {
             capabilities: Capabilities {
                 backend: NAME,
-                devices: vec![DeviceKind::Host],
+                devices: DEVICES.to_vec(),
                 passive_observes_start: true,
                 passive_observes_peer_loss: true,
                 enforces_revocation: true,

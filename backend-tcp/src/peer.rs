@@ -220,9 +220,7 @@ impl ferry_core::Peer for PeerHandle {
                             let mut cx = Context::from_waker(Waker::noop());
                             if let Poll::Ready(Err(e)) = sender.poll_send(&mut cx, &mut conn, local)
                             {
-                                return Err(Error::PeerLost {
-                                    reason: format!("sending the request failed: {e}"),
-                                });
+                                return Err(send_failure(e, "sending the request failed"));
                             }
                             Part::writing(conn, sender)
                         }
@@ -388,7 +386,7 @@ impl Part {
                 Stage::Queued { .. } => unreachable!("poll_queued left the queue"),
                 Stage::Requesting { request, .. } => {
                     if let Err(e) = ready!(request.poll_send(cx, conn, local)) {
-                        return Poll::Ready(Err(lost(&format!("sending the request failed: {e}"))));
+                        return Poll::Ready(Err(send_failure(e, "sending the request failed")));
                     }
                     let Stage::Requesting { receiver, .. } =
                         std::mem::replace(&mut self.stage, Stage::Done)
@@ -420,7 +418,7 @@ impl Part {
                         self.stage = Stage::Reply;
                     }
                     Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(lost(&format!("sending failed: {e}"))))
+                        return Poll::Ready(Err(send_failure(e, "sending failed")))
                     }
                     Poll::Pending => {
                         // While bytes are still to go, only a refusal can arrive (an ACK needs
@@ -688,9 +686,14 @@ fn protocol(what: &str) -> Error {
     }
 }
 
+/// A failed send: the peer is lost, unless the failure was local (a staging copy).
+fn send_failure(e: std::io::Error, what: &str) -> Error {
+    crate::conn::local_failure(&e).unwrap_or_else(|| lost(&format!("{what}: {e}")))
+}
+
 fn read_failure(e: ReadError) -> Error {
     match e {
-        ReadError::Io(e) => lost(&format!("connection failed: {e}")),
+        ReadError::Io(e) => send_failure(e, "connection failed"),
         ReadError::Closed { .. } => lost("the peer closed the connection"),
         ReadError::Wire(w) => protocol(&w.to_string()),
     }

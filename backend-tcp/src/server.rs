@@ -568,6 +568,10 @@ impl Serving {
         let trailer_rest = self.sender.trailer_started();
         let ack_started = self.receiver.is_none() && self.sender.prefix_sent_any();
         let discard = self.receiver.as_ref().map_or(0, Receiver::frame_left);
+        // Neither mover touches the operation's memory again: copies in flight finish here,
+        // before the connection is drained in the background.
+        self.receiver = None;
+        self.sender.release_staging();
         let timeout = server.config.frame_timeout;
         server.runtime.spawn(async move {
             let drain = async {
@@ -680,6 +684,12 @@ impl ferry_core::Transfer for PassiveTransfer {
                 }
                 Poll::Ready(Err(e)) => {
                     drop(self.serving.swap_remove(i));
+                    if let Some(local) = match &e {
+                        ReadError::Io(e) => crate::conn::local_failure(e),
+                        _ => None,
+                    } {
+                        return Poll::Ready(self.fail(local));
+                    }
                     let reason = match e {
                         ReadError::Wire(w) => format!("the peer broke the protocol: {w}"),
                         ReadError::Closed { .. } => "the peer closed mid-transfer".into(),

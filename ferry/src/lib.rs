@@ -64,6 +64,11 @@ pub use operation::{
 /// The core crate, for backend authors.
 pub use ferry_core as core;
 
+/// CUDA detection and cudarc (the `cuda` feature): device memory is described with
+/// [`Descriptor::from_cuda_slice`] and friends, over `cuda::cudarc` types.
+#[cfg(feature = "cuda")]
+pub use ferry_core::cuda;
+
 /// The in-memory simulator backend.
 #[cfg(feature = "sim")]
 pub mod sim {
