@@ -108,6 +108,8 @@ use ferry_core::{
 
 mod progress;
 mod table;
+#[cfg(test)]
+mod table_tests;
 
 /// The synchronisation `table` uses: std's here, loom's where ferry-core's loom model compiles
 /// that file.
