@@ -39,6 +39,18 @@ use crate::{operation_limit, Result};
 /// Registrations a cached Connector keeps: 80 layer allocations per side, with room.
 pub const CACHE_CAPACITY: usize = 256;
 
+/// The plan of a KV hand-off row, from a benchmark's plan of an ordinary row: at least 1.5 s
+/// of hand-offs (50 ms when `quick`), at least 3 (2), at most 50.
+pub fn plan(rows: IterationPlan, quick: bool) -> IterationPlan {
+    IterationPlan {
+        target: rows
+            .target
+            .max(Duration::from_millis(if quick { 50 } else { 1500 })),
+        min: if quick { 2 } else { 3 },
+        max: rows.max.min(50),
+    }
+}
+
 /// How the blocks are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {

@@ -131,10 +131,14 @@ fn allocations(layout: &KvLayout) -> Vec<Vec<u8>> {
     vec![vec![0u8; layout.span() as usize]; layout.allocations()]
 }
 
-/// Runs the prefill side: a pool of `blocks` blocks, every chunk its own pattern; answers
-/// `kv_readable` commands until `exit` or end of input.
+/// Runs the prefill side on tcp: a pool of `blocks` blocks, every chunk its own pattern;
+/// answers `kv_readable` commands until `exit` or end of input.
 pub async fn run_peer(blocks: u32) -> Result<()> {
-    let connector = tcp::connector("ferry-bench-kv-prefill").await?;
+    run_peer_on(tcp::connector("ferry-bench-kv-prefill").await?, blocks).await
+}
+
+/// [`run_peer`] on `connector`, whatever its backend.
+pub async fn run_peer_on(connector: Connector, blocks: u32) -> Result<()> {
     let layout = per_layer_layout(llama_70b(blocks))?;
     let mut memory = allocations(&layout);
     let mut pool = KvPool::new(
@@ -204,7 +208,7 @@ where
 }
 
 /// One block set, measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KvRow {
     /// Which set.
     pub set: BlockSet,
@@ -248,10 +252,16 @@ pub struct Decode {
 }
 
 impl Decode {
-    /// Starts the prefill peer with a pool of `pool_blocks` blocks.
+    /// Starts the prefill peer (ferry-bench-kv's, on tcp) with a pool of `pool_blocks` blocks.
     pub async fn start(pool_blocks: u32) -> Result<Decode> {
         let connector = tcp::connector("ferry-bench-kv-decode").await?;
-        let peer = PeerProcess::spawn(&["--pool-blocks", &pool_blocks.to_string()]).await?;
+        Decode::start_on(connector, &["--pool-blocks", &pool_blocks.to_string()]).await
+    }
+
+    /// Starts this program again with `--peer` and `peer_args` as the prefill peer (which must
+    /// run [`run_peer_on`] on the same backend as `connector`).
+    pub async fn start_on(connector: Connector, peer_args: &[&str]) -> Result<Decode> {
+        let peer = PeerProcess::spawn(peer_args).await?;
         Ok(Decode { connector, peer })
     }
 

@@ -36,18 +36,28 @@ pub enum LocalBackend {
     Tcp,
     /// Two NIXL agents (UCX) in this process.
     Nixl,
+    /// Two Connectors on ferry's ucx backend (the system UCX): measured only by a program
+    /// built with the `ucx` feature (ferry-bench-ucx, for `ferry bench`), since NIXL refuses to
+    /// start in a process that links the system UCX.
+    Ucx,
 }
 
 impl LocalBackend {
     /// Every backend, in report order.
-    pub const ALL: [LocalBackend; 3] = [LocalBackend::Sim, LocalBackend::Tcp, LocalBackend::Nixl];
+    pub const ALL: [LocalBackend; 4] = [
+        LocalBackend::Sim,
+        LocalBackend::Tcp,
+        LocalBackend::Nixl,
+        LocalBackend::Ucx,
+    ];
 
-    /// `sim`, `tcp` or `nixl`.
+    /// `sim`, `tcp`, `nixl` or `ucx`.
     pub fn name(self) -> &'static str {
         match self {
             LocalBackend::Sim => "sim",
             LocalBackend::Tcp => "tcp",
             LocalBackend::Nixl => "nixl",
+            LocalBackend::Ucx => "ucx",
         }
     }
 
@@ -58,10 +68,14 @@ impl LocalBackend {
             .find(|b| b.name() == name.trim())
     }
 
-    /// Why it cannot run here, if it cannot.
+    /// Why it cannot run in this process, if it cannot.
     pub fn unusable(self) -> Option<String> {
         match self {
             LocalBackend::Nixl => ferry::nixl::available(None).err(),
+            #[cfg(feature = "ucx")]
+            LocalBackend::Ucx => ferry::ucx::available().err(),
+            #[cfg(not(feature = "ucx"))]
+            LocalBackend::Ucx => Some(NO_UCX.into()),
             LocalBackend::Sim | LocalBackend::Tcp => None,
         }
     }
@@ -118,6 +132,17 @@ impl Pair {
                     build("active").backend(active).build().await?,
                 )
             }
+            #[cfg(feature = "ucx")]
+            LocalBackend::Ucx => {
+                let passive = ferry::ucx::UcxBackend::new()?;
+                let active = ferry::ucx::UcxBackend::new()?;
+                (
+                    build("passive").backend(passive).build().await?,
+                    build("active").backend(active).build().await?,
+                )
+            }
+            #[cfg(not(feature = "ucx"))]
+            LocalBackend::Ucx => return Err(NO_UCX.into()),
         };
         Ok(Pair {
             backend,
@@ -126,6 +151,10 @@ impl Pair {
         })
     }
 }
+
+/// Why ucx cannot run in a program built without the `ucx` feature.
+#[cfg(not(feature = "ucx"))]
+const NO_UCX: &str = "this program is built without the ucx feature";
 
 /// A number for each pair made in this process, for unique agent names and sim seeds.
 fn next_pair() -> u64 {
@@ -180,6 +209,21 @@ impl LocalRow {
         let operations = u32::try_from(self.transfer.iterations).ok()?.max(1);
         Some(self.cpu?.total() / operations)
     }
+}
+
+/// The (size, descriptors) cells of one backend and direction: every size at one descriptor,
+/// and each of `split_sizes` split over each of `descriptors` that splits it evenly, sorted.
+pub fn cells(sizes: &[usize], split_sizes: &[usize], descriptors: &[usize]) -> Vec<(usize, usize)> {
+    let mut cells: Vec<(usize, usize)> = sizes.iter().map(|&s| (s, 1)).collect();
+    for &size in split_sizes {
+        for &n in descriptors {
+            if n > 1 && piece(size, n).is_some() && !cells.contains(&(size, n)) {
+                cells.push((size, n));
+            }
+        }
+    }
+    cells.sort_unstable();
+    cells
 }
 
 /// The bytes of each of `descriptors` descriptors splitting `size` bytes, if they split it

@@ -71,7 +71,7 @@ use serde_json::{json, Value};
 use crate::clock::unix_nanos;
 use crate::lines::{error_of, Closed, JsonLines};
 use crate::peer::{
-    expose_and_await, serve_passive, transfer_against, Direction, Local, PeerBuffer, PeerProcess,
+    expose_and_await, serve_pieces, transfer_against, Direction, Local, PeerBuffer, PeerProcess,
 };
 use crate::stats::{IterationPlan, Summary};
 use crate::{checksum, operation_limit, Result};
@@ -253,7 +253,8 @@ pub async fn run_peer(polling: Polling) -> Result<()> {
                     cached,
                     raw_source,
                 };
-                serve_ferry(&mut side, &mut io, direction, size, ask).await?;
+                let descriptors = command["descriptors"].as_u64().unwrap_or(1) as usize;
+                serve_ferry(&mut side, &mut io, (direction, size, descriptors), ask).await?;
             }
             ("raw-expose", _, Some(size)) => {
                 let fill = command["fill"].as_u64().and_then(|b| u8::try_from(b).ok());
@@ -283,14 +284,13 @@ pub async fn run_peer(polling: Polling) -> Result<()> {
     Ok(())
 }
 
-/// Serves one ferry passive operation as `ask` says: over the peer's own buffer
-/// ([`serve_passive`]) or, for a read with `raw_source`, over its raw buffer; on the cached
-/// Connector when `cached`.
+/// Serves one ferry passive operation of `size` bytes as `ask` says: over the peer's own
+/// buffer split over `descriptors` ([`serve_pieces`]) or, for a read with `raw_source`, over
+/// its raw buffer; on the cached Connector when `cached`.
 async fn serve_ferry<R, W>(
     side: &mut PeerSide,
     io: &mut JsonLines<R, W>,
-    direction: Direction,
-    size: usize,
+    (direction, size, descriptors): (Direction, usize, usize),
     ask: Ask,
 ) -> Result<()>
 where
@@ -339,7 +339,10 @@ where
             let why = "a shared source needs a read and a raw buffer of its size (raw-expose)";
             io.send(&json!({"error": why})).await
         }
-        _ => serve_passive(connector, io, buffer, direction, size, READ_SEED, verify).await,
+        _ => {
+            let (n, seed) = (descriptors, READ_SEED);
+            serve_pieces(connector, io, buffer, direction, size, n, seed, verify).await
+        }
     }
 }
 
@@ -545,6 +548,12 @@ impl Bench {
     /// The peer's process id, while it runs.
     pub fn peer_pid(&self) -> Option<u32> {
         self.peer.pid()
+    }
+
+    /// This process's ferry Connector (with no registration cache) and the peer process, for
+    /// commands of other modules (such as [`crate::split`]).
+    pub fn ferry_and_peer(&mut self) -> (&Connector, &mut PeerProcess) {
+        (&self.ferry, &mut self.peer)
     }
 
     /// Tells the peer to exit and waits for it.

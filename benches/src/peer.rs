@@ -4,7 +4,7 @@
 //!
 //! Each backend's module (such as [`crate::tcp`]) defines the commands its peer answers; what
 //! they share is here: starting the peer and waiting for its ready line, its buffers, serving
-//! one passive operation ([`serve_passive`]) and running one active operation against it
+//! one passive operation ([`serve_pieces`]) and running one active operation against it
 //! ([`transfer_against`]), or a batch of N of each at once ([`serve_batch`],
 //! [`transfer_batch`]: N operations in flight, as bandwidth tools keep a window of them),
 //! reading a metadata line or a done line back, and telling it to exit.
@@ -120,26 +120,49 @@ impl PeerProcess {
         }
     }
 
-    /// Reads one metadata line, or the error the peer sent instead.
+    /// Reads one metadata line, or the error the peer sent instead ([`recv_metadata`]).
     pub async fn recv_metadata(&mut self, size: usize, limit: Duration) -> Result<RdmaMetadata> {
-        let line = self.io.recv_line(limit).await?;
-        let reply: Value = serde_json::from_str(line)?;
-        if let Some(e) = error_of(&reply) {
-            return Err(format!("the peer could not expose {size} bytes: {e}").into());
-        }
-        Ok(RdmaMetadata::from_json(line)?)
+        recv_metadata(&mut self.io, size, limit).await
     }
 
-    /// Reads the peer's done line; an error unless it says `"done":true`. `what` names the
-    /// peer's side of the operation, for the error.
+    /// Reads the peer's done line; an error unless it says `"done":true` ([`recv_done`]).
+    /// `what` names the peer's side of the operation, for the error.
     pub async fn recv_done(&mut self, what: &str, limit: Duration) -> Result<Value> {
-        let done = self.io.recv(limit).await?;
-        if done["done"] != Value::Bool(true) {
-            let why = error_of(&done).unwrap_or_else(|| done.to_string());
-            return Err(format!("the peer's {what} failed: {why}").into());
-        }
-        Ok(done)
+        recv_done(&mut self.io, what, limit).await
     }
+}
+
+/// Reads one metadata line from a peer over `io`, or the error the peer sent instead.
+pub async fn recv_metadata<R, W>(
+    io: &mut JsonLines<R, W>,
+    size: usize,
+    limit: Duration,
+) -> Result<RdmaMetadata>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let line = io.recv_line(limit).await?;
+    let reply: Value = serde_json::from_str(line)?;
+    if let Some(e) = error_of(&reply) {
+        return Err(format!("the peer could not expose {size} bytes: {e}").into());
+    }
+    Ok(RdmaMetadata::from_json(line)?)
+}
+
+/// Reads a peer's done line over `io`; an error unless it says `"done":true`. `what` names the
+/// peer's side of the operation, for the error.
+pub async fn recv_done<R, W>(io: &mut JsonLines<R, W>, what: &str, limit: Duration) -> Result<Value>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let done = io.recv(limit).await?;
+    if done["done"] != Value::Bool(true) {
+        let why = error_of(&done).unwrap_or_else(|| done.to_string());
+        return Err(format!("the peer's {what} failed: {why}").into());
+    }
+    Ok(done)
 }
 
 /// A peer's buffer: one allocation per size, reused by every operation of that size.
@@ -178,19 +201,23 @@ impl PeerBuffer {
     }
 }
 
-/// Serves one passive operation on the peer: makes `buffer` hold the `seed` pattern (for a
-/// read) or `size` landing bytes (for a write, zeroed when `verify`), creates the readable or
-/// writable over it on `connector`, prints its metadata as one line, awaits it (for at most
-/// [`operation_limit`]), and prints how it ended: `{"done":true,"at_ns":T}`, where `T` is the
-/// instant its wait returned ([`unix_nanos`]), with the `checksum` of a written buffer when
-/// `verify`; or `{"done":false,"error":…}`. An operation that cannot be created is answered
-/// `{"error":…}` instead of its metadata.
-pub async fn serve_passive<R, W>(
+/// Serves one passive operation on the peer, its buffer split evenly over `descriptors`
+/// descriptors (1: the whole buffer; more: nixlbench's batch size): makes `buffer` hold the
+/// `seed` pattern (for a read) or `size` landing bytes (for a write, zeroed when `verify`),
+/// creates the readable or writable over its pieces on `connector`, prints its metadata as one
+/// line, awaits it (for at most [`operation_limit`]), and prints how it ended:
+/// `{"done":true,"at_ns":T}`, where `T` is the instant its wait returned ([`unix_nanos`]), with
+/// the `checksum` of a written buffer when `verify`; or `{"done":false,"error":…}`. An
+/// operation that cannot be created, or a `size` that does not split into that many non-empty
+/// pieces ([`crate::local::piece`]), is answered `{"error":…}` instead of its metadata.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_pieces<R, W>(
     connector: &Connector,
     io: &mut JsonLines<R, W>,
     buffer: &mut PeerBuffer,
     direction: Direction,
     size: usize,
+    descriptors: usize,
     seed: u64,
     verify: bool,
 ) -> Result<()>
@@ -198,20 +225,27 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Some(piece) = crate::local::piece(size, descriptors) else {
+        let why = format!("{size} bytes do not split into {descriptors} descriptors");
+        return io.send(&json!({ "error": why })).await;
+    };
     let limit = operation_limit(size);
     let (outcome, at) = match direction {
         Direction::Read => {
             buffer.hold_pattern(size, seed);
-            let descriptors = [Descriptor::from_slice(&buffer.bytes)];
-            match connector.create_readable(descriptors).await {
+            let pieces = buffer.bytes.chunks(piece).map(Descriptor::from_slice);
+            match connector.create_readable(pieces).await {
                 Ok(op) => (expose_and_await(io, &mut [op], limit).await?, unix_nanos()),
                 Err(e) => return io.send(&json!({"error": e.to_string()})).await,
             }
         }
         Direction::Write => {
             buffer.hold_landing(size, verify);
-            let descriptors = [Descriptor::from_mut_slice(&mut buffer.bytes)];
-            match connector.create_writable(descriptors).await {
+            let pieces = buffer
+                .bytes
+                .chunks_mut(piece)
+                .map(Descriptor::from_mut_slice);
+            match connector.create_writable(pieces).await {
                 Ok(op) => (expose_and_await(io, &mut [op], limit).await?, unix_nanos()),
                 Err(e) => return io.send(&json!({"error": e.to_string()})).await,
             }
@@ -363,9 +397,11 @@ pub fn in_flight_widths(size: usize, in_flight: usize, batch_bytes: usize) -> Ve
     }
 }
 
-/// Serves one `readable`/`writable` command on the peer: one operation over buffer 0
-/// ([`serve_passive`], with the pattern of `read_seed(0)`) when `count` is 1, else a batch over
-/// buffers `0..count` ([`serve_batch`]). Buffers past `count` are freed; the others are reused.
+/// Serves one `readable`/`writable` command on the peer: one operation over buffer 0, its
+/// bytes split over `descriptors` descriptors ([`serve_pieces`], with the pattern of
+/// `read_seed(0)`), when `count` is 1, else a batch over buffers `0..count` ([`serve_batch`],
+/// one descriptor each; a batch of split operations is answered `{"error":…}`). Buffers past
+/// `count` are freed; the others are reused.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_count<R, W>(
     connector: &Connector,
@@ -373,7 +409,7 @@ pub async fn serve_count<R, W>(
     buffers: &mut Vec<PeerBuffer>,
     direction: Direction,
     size: usize,
-    count: usize,
+    (count, descriptors): (usize, usize),
     verify: bool,
     read_seed: fn(usize) -> u64,
 ) -> Result<()>
@@ -386,8 +422,12 @@ where
     buffers.resize_with(count, PeerBuffer::default);
     match buffers.as_mut_slice() {
         [buffer] => {
-            let seed = read_seed(0);
-            serve_passive(connector, io, buffer, direction, size, seed, verify).await
+            let (seed, n) = (read_seed(0), descriptors.max(1));
+            serve_pieces(connector, io, buffer, direction, size, n, seed, verify).await
+        }
+        _ if descriptors > 1 => {
+            let why = "a batch takes one descriptor per operation";
+            io.send(&json!({ "error": why })).await
         }
         _ => serve_batch(connector, io, buffers, direction, size, verify, read_seed).await,
     }

@@ -6,7 +6,7 @@
 //! a buffer it allocated once per size, prints the operation's metadata
 //! ([`ferry::RdmaMetadata::to_json`]) as one line, awaits the operation, and prints
 //! `{"done":true,"at_ns":T}` (with a `checksum` of a written buffer when asked to verify) or
-//! `{"done":false,"error":…}` ([`serve_passive`](crate::peer::serve_passive)). On tcp a passive operation moves bytes only
+//! `{"done":false,"error":…}` ([`serve_pieces`](crate::peer::serve_pieces)). On tcp a passive operation moves bytes only
 //! while its owner awaits it, which the peer does, in its own process, while the active side
 //! transfers.
 //!
@@ -16,6 +16,10 @@
 //! `checksums`, one per buffer, when asked to verify a write). The active side begins all N and
 //! awaits them together: N operations in flight, as bandwidth tools measure (ucx_perftest's
 //! window of outstanding operations, nixlbench's batch size).
+//!
+//! A command with `"descriptors":D` (and no count) splits the one buffer evenly over D
+//! descriptors ([`serve_pieces`](crate::peer::serve_pieces)), as `ferry bench`'s two-process
+//! rows of 16 to 4096 descriptors ask.
 
 use std::time::Duration;
 
@@ -89,6 +93,7 @@ pub async fn run_peer() -> Result<()> {
         };
         let size = number("size");
         let count = number("count").unwrap_or(1);
+        let descriptors = number("descriptors").unwrap_or(1);
         let verify = command["verify"].as_bool().unwrap_or(false);
         let direction = match command["op"].as_str() {
             Some("exit") => return Ok(()),
@@ -104,7 +109,7 @@ pub async fn run_peer() -> Result<()> {
                     &mut buffers,
                     direction,
                     size,
-                    count,
+                    (count, descriptors),
                     verify,
                     read_seed,
                 )
@@ -140,6 +145,11 @@ impl Peer {
     /// The peer's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    /// The peer process itself, for commands of other modules (such as [`crate::split`]).
+    pub fn process(&mut self) -> &mut PeerProcess {
+        &mut self.process
     }
 
     /// Where the peer's ping-pong server listens.

@@ -133,6 +133,7 @@ pub async fn run_peer(error_handling: ErrorHandling) -> Result<()> {
                 .and_then(|n| usize::try_from(n).ok())
         };
         let (size, count) = (number("size"), number("count").unwrap_or(1));
+        let descriptors = number("descriptors").unwrap_or(1);
         let verify = command["verify"].as_bool().unwrap_or(false);
         match (op, Direction::from_passive(op), size) {
             ("exit", _, _) => break,
@@ -143,7 +144,7 @@ pub async fn run_peer(error_handling: ErrorHandling) -> Result<()> {
                     &mut buffers,
                     direction,
                     size,
-                    count,
+                    (count, descriptors),
                     verify,
                     read_seed,
                 )
@@ -193,6 +194,12 @@ impl Bench {
     /// The peer's process id, while it runs.
     pub fn peer_pid(&self) -> Option<u32> {
         self.peer.pid()
+    }
+
+    /// This process's ferry Connector (with no registration cache) and the peer process, for
+    /// commands of other modules (such as [`crate::split`]).
+    pub fn ferry_and_peer(&mut self) -> (&Connector, &mut PeerProcess) {
+        (&self.connector, &mut self.peer)
     }
 
     /// Tells the peer to exit and waits for it.

@@ -1,10 +1,17 @@
 //! `ferry-bench`, run as `ferry bench`: every usable backend, read and write, 4 KiB to 1 GiB,
 //! 1 to 4096 descriptors, in one process and across two, beside same-run baselines (memcpy,
-//! iperf3, a TCP ping-pong, a raw nixl-sys loop), and a Llama-3-70B KV-cache hand-off; a
-//! markdown table, JSON and an SVG plot of throughput against size.
+//! iperf3, a TCP ping-pong, a raw nixl-sys loop, ucx_perftest), and a Llama-3-70B KV-cache
+//! hand-off in one process and from a prefill process to a decode process; a markdown table,
+//! JSON and an SVG plot of throughput against size.
+//!
+//! The ucx rows come from the sibling program ferry-bench-ucx (feature `ucx`), run with
+//! `--suite-part` ([`ferry_benches::part`]): NIXL refuses to start in a process that links the
+//! system UCX, so this program never does. Without ferry-bench-ucx beside it, ucx is left out
+//! with that reason.
 //!
 //! ```sh
 //! cargo build --release -p ferry -p ferry-benches
+//! cargo build --release -p ferry-benches --features ucx --bin ferry-bench-ucx   # for ucx rows
 //! target/release/ferry bench --quick --out target/bench-smoke   # under a minute
 //! target/release/ferry bench --out bench-full                   # a few minutes, ~6 GiB free
 //! ```
@@ -14,19 +21,23 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ferry::Connector;
 use ferry_benches::baseline;
 use ferry_benches::cli::{self, command_line, RunArgs};
 use ferry_benches::cpu::CpuTime;
 use ferry_benches::handoff::{self, Variant};
+use ferry_benches::kv::{self, BlockSet};
 use ferry_benches::local::{self, LocalBackend, Pair};
 use ferry_benches::nixl::raw::Polling;
 use ferry_benches::nixl::{self, Path, Sources};
+use ferry_benches::part::{self, PartRequest};
 use ferry_benches::peer::Direction;
 use ferry_benches::plot::throughput_svg;
 use ferry_benches::progress::Progress;
 use ferry_benches::report::Machine;
+use ferry_benches::split::{self, RowsOf, Until};
 use ferry_benches::stats::{gigabytes, IterationPlan, Summary};
-use ferry_benches::suite::{AcrossRow, Suite};
+use ferry_benches::suite::{AcrossRow, KvAcrossRow, Suite};
 use ferry_benches::tcp;
 use ferry_benches::units::{format_size, parse_size};
 use ferry_benches::{clock, Result};
@@ -43,11 +54,11 @@ struct Args {
     /// Write bench.json, bench.md and throughput.svg into this directory (created if absent).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Backends measured in one process, comma-separated (sim, tcp, nixl); one that cannot
-    /// run here is left out with its reason.
-    #[arg(long, value_delimiter = ',', value_parser = parse_backend, default_value = "sim,tcp,nixl")]
+    /// Backends, comma-separated (sim, tcp, nixl, ucx); one that cannot run here is left out
+    /// with its reason. ucx is measured by ferry-bench-ucx (feature ucx) beside this program.
+    #[arg(long, value_delimiter = ',', value_parser = parse_backend, default_value = "sim,tcp,nixl,ucx")]
     backends: Vec<LocalBackend>,
-    /// Descriptor counts the same bytes are split into, in one process.
+    /// Descriptor counts the same bytes are split into, in one process and across two.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256,4096")]
     descriptors: Vec<usize>,
     /// Sizes measured at every descriptor count (others at one descriptor)
@@ -66,27 +77,45 @@ struct Args {
     /// Seconds of each iperf3 run; 0 leaves iperf3 out [default: 2, before and after; --quick 1].
     #[arg(long)]
     iperf_seconds: Option<u32>,
+    /// How the ucx rows' endpoints treat a lost peer (ferry-bench-ucx's --error-handling):
+    /// peer (ferry's default; under UCX's defaults it connects over tcp, not shared memory),
+    /// peer-if-supported, or none (every transport, as ucx_perftest uses).
+    #[arg(long, default_value = "peer", value_parser = ["peer", "peer-if-supported", "none"])]
+    ucx_error_handling: String,
     /// Act as a peer process (used by the benchmark itself).
     #[arg(long, hide = true)]
     peer: bool,
     /// With --peer: serve ferry-bench-nixl's commands, its raw loop polling so.
     #[arg(long, hide = true)]
     raw_polling: Option<String>,
+    /// With --peer: be the KV hand-off's prefill process, with a pool of this many blocks.
+    #[arg(long, hide = true)]
+    kv_prefill_blocks: Option<u32>,
+    /// With --kv-prefill-blocks: its backend (tcp or nixl).
+    #[arg(long, hide = true, value_parser = parse_backend, default_value = "tcp")]
+    kv_backend: LocalBackend,
 }
 
 /// Parses one `--backends` entry.
 fn parse_backend(text: &str) -> Result<LocalBackend, String> {
-    LocalBackend::from_name(text).ok_or_else(|| format!("{text:?}: expected sim, tcp or nixl"))
+    LocalBackend::from_name(text).ok_or_else(|| format!("{text:?}: expected sim, tcp, nixl or ucx"))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.peer {
         let polling = args.raw_polling.as_deref().map(Polling::from_key);
-        let served = match polling {
-            None => cli::block_on_worker(tcp::run_peer()),
-            Some(Some(polling)) => cli::block_on_worker(nixl::run_peer(polling)),
-            Some(None) => Err("--raw-polling: expected backoff, yield or spin".into()),
+        let served = match (args.kv_prefill_blocks, polling) {
+            (Some(blocks), _) => {
+                let backend = args.kv_backend;
+                cli::block_on_worker(async move {
+                    let connector = kv_connector(backend, "prefill").await?;
+                    kv::run_peer_on(connector, blocks).await
+                })
+            }
+            (None, None) => cli::block_on_worker(tcp::run_peer()),
+            (None, Some(Some(polling))) => cli::block_on_worker(nixl::run_peer(polling)),
+            (None, Some(None)) => Err("--raw-polling: expected backoff, yield or spin".into()),
         };
         return exit("ferry-bench --peer", served.map(|()| true));
     }
@@ -114,43 +143,45 @@ struct Plan {
     sizes: Vec<usize>,
     split_sizes: Vec<usize>,
     descriptors: Vec<usize>,
+    /// Backends measured in this process (ucx is not: see `ucx`).
     backends: Vec<LocalBackend>,
+    across: bool,
     across_nixl: bool,
+    /// Whether ferry-bench-ucx is asked for the ucx rows.
+    ucx: bool,
     kv_blocks: Option<u32>,
     iterations: IterationPlan,
 }
 
 impl Plan {
-    /// The (size, descriptors) cells of one backend and direction in one process.
+    /// The (size, descriptors) cells of one backend and direction.
     fn cells(&self) -> Vec<(usize, usize)> {
-        let mut cells: Vec<(usize, usize)> = self.sizes.iter().map(|&s| (s, 1)).collect();
-        for &size in &self.split_sizes {
-            for &n in &self.descriptors {
-                if n > 1 && local::piece(size, n).is_some() && !cells.contains(&(size, n)) {
-                    cells.push((size, n));
-                }
-            }
-        }
-        cells.sort_unstable();
-        cells
+        local::cells(&self.sizes, &self.split_sizes, &self.descriptors)
     }
 
-    fn steps(&self, across: bool) -> usize {
-        let local = self.backends.len() * 2 * self.cells().len();
-        let across = if across {
-            2 * self.sizes.len() * (1 + usize::from(self.across_nixl))
+    /// Backends of the KV hand-off: those of this process but sim.
+    fn kv_backends(&self) -> Vec<LocalBackend> {
+        let kv = self.backends.iter().copied();
+        kv.filter(|b| *b != LocalBackend::Sim).collect()
+    }
+
+    /// Backends measured across two processes: tcp always, nixl where usable.
+    fn across_backends(&self) -> usize {
+        if self.across {
+            1 + usize::from(self.across_nixl)
         } else {
             0
-        };
+        }
+    }
+
+    fn steps(&self) -> usize {
+        let local = self.backends.len() * 2 * self.cells().len();
+        let across = self.across_backends() * 2 * self.cells().len();
         let kv = self.kv_blocks.map_or(0, |_| {
-            Variant::ALL.len()
-                * self
-                    .backends
-                    .iter()
-                    .filter(|b| **b != LocalBackend::Sim)
-                    .count()
+            let across = self.across_backends().min(self.kv_backends().len());
+            self.kv_backends().len() * Variant::ALL.len() + across * BlockSet::ALL.len()
         });
-        local + across + kv
+        local + across + kv + usize::from(self.ucx)
     }
 }
 
@@ -185,8 +216,13 @@ async fn run(args: Args) -> Result<Suite> {
         .collect();
 
     let mut backends = Vec::new();
+    let mut ucx = false;
     for backend in args.backends.iter().copied() {
         if backends.contains(&backend) {
+            continue;
+        }
+        if backend == LocalBackend::Ucx {
+            ucx = true;
             continue;
         }
         match backend.unusable() {
@@ -194,11 +230,6 @@ async fn run(args: Args) -> Result<Suite> {
             None => backends.push(backend),
         }
     }
-    skipped.push(
-        "ucx: not measured by ferry bench (NIXL and the system UCX cannot share a process); \
-         see ferry-bench-ucx"
-            .into(),
-    );
     let nixl_across = !args.no_across && backends.contains(&LocalBackend::Nixl);
     let kv_blocks = (!args.no_kv).then(|| args.kv_blocks.unwrap_or(if quick { 16 } else { 204 }));
     let kv_blocks = match kv_blocks {
@@ -222,11 +253,13 @@ async fn run(args: Args) -> Result<Suite> {
         split_sizes,
         descriptors: args.descriptors.clone(),
         backends,
+        across: !args.no_across,
         across_nixl: nixl_across,
+        ucx,
         kv_blocks,
         iterations,
     };
-    let mut progress = Progress::new(plan.steps(!args.no_across));
+    let mut progress = Progress::new(plan.steps());
 
     // Baselines first: memcpy at every size (and the hand-off's), iperf3.
     let kv_bytes = kv_blocks.map(|b| (32usize << 10) * 2 * 80 * b as usize);
@@ -261,7 +294,7 @@ async fn run(args: Args) -> Result<Suite> {
 
     let mut across = Vec::new();
     let mut ping_pong = None;
-    if !args.no_across {
+    if plan.across {
         ping_pong = across_tcp(&plan, &mut progress, &mut across).await?;
         if plan.across_nixl {
             across_nixl(&plan, quick, &mut progress, &mut across).await?;
@@ -269,22 +302,14 @@ async fn run(args: Args) -> Result<Suite> {
     }
 
     let mut handoff_rows = Vec::new();
+    let mut kv_across = Vec::new();
     if let Some(blocks) = plan.kv_blocks {
+        let kv_plan = handoff::plan(iterations, quick);
         let mut memory = handoff::Memory::new(blocks)?;
-        let kv_plan = IterationPlan {
-            target: iterations
-                .target
-                .max(Duration::from_millis(if quick { 50 } else { 1500 })),
-            min: if quick { 2 } else { 3 },
-            max: iterations.max.min(50),
-        };
-        for &backend in &plan.backends {
-            if backend == LocalBackend::Sim {
-                continue;
-            }
+        for backend in plan.kv_backends() {
             for variant in Variant::ALL {
                 progress.step(&format!(
-                    "KV hand-off: {} {}",
+                    "KV hand-off, one process: {} {}",
                     backend.name(),
                     variant.name()
                 ));
@@ -292,11 +317,31 @@ async fn run(args: Args) -> Result<Suite> {
                 handoff_rows.push(row);
             }
         }
+        drop(memory);
         skipped.push(
             "KV hand-off on sim: left out (its figures would be the simulator's copies, not a \
              transport's)"
                 .into(),
         );
+        let mut across_kv: Vec<LocalBackend> = Vec::new();
+        if plan.across {
+            across_kv.push(LocalBackend::Tcp);
+        }
+        if plan.across_nixl {
+            across_kv.push(LocalBackend::Nixl);
+        }
+        for backend in across_kv.into_iter().filter(|b| plan.backends.contains(b)) {
+            kv_handoff_across(backend, blocks, kv_plan, &mut progress, &mut kv_across).await?;
+        }
+    }
+
+    let mut ucx_part = None;
+    if plan.ucx {
+        progress.step("ucx (ferry-bench-ucx --suite-part)");
+        match ucx_rows(&plan, &args, quick).await {
+            Ok(answer) => ucx_part = Some(answer),
+            Err(why) => skipped.push(format!("ucx: {why}")),
+        }
     }
 
     if !quick {
@@ -307,7 +352,7 @@ async fn run(args: Args) -> Result<Suite> {
     }
     progress.finish();
 
-    let suite = Suite {
+    let mut suite = Suite {
         command,
         date,
         machine: Machine::detect(),
@@ -317,9 +362,17 @@ async fn run(args: Args) -> Result<Suite> {
         local: local_rows,
         across,
         handoff: handoff_rows,
+        kv_across,
+        floors: Vec::new(),
         skipped,
-        wall: started.elapsed(),
+        wall: Duration::ZERO,
     };
+    if let Some(answer) = &ucx_part {
+        if let Err(why) = suite.absorb(answer) {
+            suite.skipped.push(format!("ucx: its answer: {why}"));
+        }
+    }
+    suite.wall = started.elapsed();
     println!("{}", suite.tables());
     args.run
         .write_outputs(|| suite.json(), || suite.markdown())?;
@@ -327,6 +380,80 @@ async fn run(args: Args) -> Result<Suite> {
         write_out(dir, &suite)?;
     }
     Ok(suite)
+}
+
+/// The ucx rows: ferry-bench-ucx, beside this program, run with `--suite-part` for the same
+/// sizes, descriptor counts and plan; its answer, or why there is none.
+async fn ucx_rows(plan: &Plan, args: &Args, quick: bool) -> Result<serde_json::Value, String> {
+    let program = part::sibling("ferry-bench-ucx").ok_or(
+        "ferry-bench-ucx is not beside ferry-bench (it needs the ucx feature: cargo build \
+         --release -p ferry-benches --features ucx --bin ferry-bench-ucx)",
+    )?;
+    let out =
+        std::env::temp_dir().join(format!("ferry-bench-ucx-part-{}.json", std::process::id()));
+    let request = PartRequest {
+        sizes: plan.sizes.clone(),
+        split_sizes: plan.split_sizes.clone(),
+        descriptors: plan.descriptors.clone(),
+        plan: plan.iterations,
+        kv_blocks: plan.kv_blocks,
+        across: !args.no_across,
+        quick,
+        out,
+    };
+    let limit = Duration::from_secs(if quick { 120 } else { 1800 });
+    let handling = ["--error-handling", args.ucx_error_handling.as_str()];
+    part::run(&program, &handling, &request, limit)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A Connector on `backend` (tcp or nixl) for one side of the two-process KV hand-off.
+async fn kv_connector(backend: LocalBackend, side: &str) -> Result<Connector> {
+    let name = format!("ferry-bench-kv-{side}-{}", std::process::id());
+    match backend {
+        LocalBackend::Tcp => tcp::connector(&name).await,
+        LocalBackend::Nixl => nixl::connector(&name, 0).await,
+        other => Err(format!("no two-process KV hand-off on {}", other.name()).into()),
+    }
+}
+
+/// The KV hand-off from a prefill process (this program with `--peer --kv-prefill-blocks`) to
+/// this one, the decode worker, on `backend`: each block set of `blocks` blocks pulled with one
+/// `ferry::kv` read ([`kv::Decode`]), both pools registered once.
+async fn kv_handoff_across(
+    backend: LocalBackend,
+    blocks: u32,
+    plan: IterationPlan,
+    progress: &mut Progress,
+    rows: &mut Vec<KvAcrossRow>,
+) -> Result<()> {
+    let connector = kv_connector(backend, "decode").await?;
+    let blocks_text = blocks.to_string();
+    let peer_args = [
+        "--kv-prefill-blocks",
+        blocks_text.as_str(),
+        "--kv-backend",
+        backend.name(),
+    ];
+    let mut decode = kv::Decode::start_on(connector, &peer_args).await?;
+    // Scattered sets use every other block of the decode pool.
+    let pool = 2 * blocks + 16;
+    for set in BlockSet::ALL {
+        progress.step(&format!(
+            "KV hand-off, two processes: {} {}",
+            backend.name(),
+            set.name()
+        ));
+        let before = CpuTime::now();
+        let row = decode.measure(set, blocks, pool, plan).await?;
+        rows.push(KvAcrossRow {
+            backend: backend.name(),
+            row,
+            cpu: CpuTime::used_since(before),
+        });
+    }
+    decode.exit().await
 }
 
 /// One iperf3 run, or why there is none.
@@ -373,13 +500,23 @@ async fn across_tcp(
                 path: "ferry",
                 direction,
                 size,
+                descriptors: 1,
                 cpu_operations: m.summary.iterations + 1,
                 transfer: m.summary,
+                post: None,
                 cpu,
                 verified: m.verified,
             });
         }
     }
+    // The split cells, timed as the rows above: until this side's wait returned.
+    let of = RowsOf {
+        backend: "tcp",
+        read_seed: tcp::READ_SEED,
+        until: Until::Active,
+    };
+    let (io, cells) = (&mut peer.process().io, plan.cells());
+    rows.extend(split::rows(&connector, io, of, &cells, plan.iterations, progress).await?);
     peer.exit().await?;
     Ok(Summary::from_samples(samples))
 }
@@ -429,7 +566,9 @@ async fn across_nixl(
                     },
                     direction,
                     size,
+                    descriptors: 1,
                     transfer: m.both,
+                    post: None,
                     cpu,
                     cpu_operations: operations,
                     verified: m.verified,
@@ -437,6 +576,15 @@ async fn across_nixl(
             }
         }
     }
+    // The split cells, ferry only (the raw loop moves one descriptor), until both sides knew.
+    let of = RowsOf {
+        backend: "nixl",
+        read_seed: nixl::READ_SEED,
+        until: Until::BothSides,
+    };
+    let ((connector, peer), cells) = (bench.ferry_and_peer(), plan.cells());
+    let io = &mut peer.io;
+    rows.extend(split::rows(connector, io, of, &cells, plan.iterations, progress).await?);
     bench.exit().await
 }
 
@@ -452,8 +600,12 @@ fn write_out(dir: &std::path::Path, suite: &Suite) -> Result<()> {
         serde_json::to_string_pretty(&suite.json())? + "\n",
     )?;
     write("bench.md", suite.markdown())?;
-    let title = "ferry bench: throughput against size (reads, one descriptor)";
-    write("throughput.svg", throughput_svg(title, &suite.series())?)?;
+    let title = "ferry bench: throughput against size, one descriptor per operation";
+    let panels = [
+        ("reads", suite.series(Direction::Read)),
+        ("writes", suite.series(Direction::Write)),
+    ];
+    write("throughput.svg", throughput_svg(title, &panels)?)?;
     eprintln!(
         "wrote bench.json, bench.md and throughput.svg in {}",
         dir.display()
@@ -466,14 +618,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cells_split_only_the_split_sizes() {
+    fn steps_count_every_row() {
         let plan = Plan {
             sizes: vec![4096, 1 << 20],
             split_sizes: vec![1 << 20],
             descriptors: vec![1, 16, 4096, 1 << 21],
             backends: vec![LocalBackend::Tcp],
+            across: true,
             across_nixl: false,
-            kv_blocks: None,
+            ucx: true,
+            kv_blocks: Some(2),
             iterations: IterationPlan {
                 target: Duration::ZERO,
                 min: 1,
@@ -484,6 +638,8 @@ mod tests {
             plan.cells(),
             vec![(4096, 1), (1 << 20, 1), (1 << 20, 16), (1 << 20, 4096)]
         );
-        assert_eq!(plan.steps(true), 2 * 4 + 2 * 2);
+        // One process and across two: 4 cells × 2 directions each; KV: 5 variants in one
+        // process, 3 block sets across two; ucx: one step.
+        assert_eq!(plan.steps(), 8 + 8 + 5 + 3 + 1);
     }
 }

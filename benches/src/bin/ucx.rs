@@ -69,6 +69,9 @@ struct Args {
     /// Act as the passive peer process (used by the benchmark itself).
     #[arg(long, hide = true)]
     peer: bool,
+    /// Measure ferry bench's ucx part as this JSON request says (used by ferry-bench).
+    #[arg(long, hide = true, value_name = "REQUEST")]
+    suite_part: Option<String>,
 }
 
 /// Parses one `--directions` entry.
@@ -85,6 +88,13 @@ fn main() -> ExitCode {
     if args.peer {
         if let Err(e) = block_on_worker(ucx::run_peer(args.error_handling)) {
             eprintln!("ferry-bench-ucx --peer: {e}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(request) = &args.suite_part {
+        if let Err(e) = ferry_benches::part::serve_ucx(request, args.error_handling) {
+            eprintln!("ferry-bench-ucx --suite-part: {e}");
             return ExitCode::FAILURE;
         }
         return ExitCode::SUCCESS;
