@@ -36,7 +36,9 @@
 //! with no hop. After that, one ferry thread per backend polls notifications and posted
 //! transfers, spinning only while a transfer is in flight, backing off (up to
 //! [`NixlConfig::max_poll_interval`]) while only passive operations wait, and blocked on a
-//! condition variable, using no CPU, when idle.
+//! condition variable, using no CPU, when idle. While owners poll, the thread stays parked:
+//! back-to-back operations whose owners await them wake it neither per operation nor per
+//! slice (see the `progress` module for its rhythm).
 //!
 //! Its cost, measured with `cargo run --release -p ferry-backend-nixl --example idle_cpu` on a
 //! 2-vCPU VM: 0.0 % of a core with no operation; with one passive operation waiting for a peer,
@@ -347,7 +349,7 @@ impl NixlBackend {
         agent
             .create_backend("UCX", &params)
             .map_err(|e| unavailable(format!("creating the UCX backend: {e}")))?;
-        let progress = Progress::new(agent.clone(), config.max_poll_interval);
+        let progress = Progress::new(agent.clone(), config.max_poll_interval, config.owner_spin);
         let shared = Arc::new(Shared {
             agent,
             progress: progress.clone(),
@@ -399,6 +401,7 @@ impl NixlBackend {
             live_keys: state.passive.len(),
             live_transfers: state.active.len(),
             unmatched_notifications: state.unmatched,
+            thread_wakes: state.wakes,
             registrations: lock(&self.shared.registrations).len(),
             loaded_peers,
             remote_agents,
@@ -415,6 +418,9 @@ pub struct NixlStats {
     pub live_transfers: usize,
     /// Notifications that matched no live operation.
     pub unmatched_notifications: u64,
+    /// Times an operation or a cancel woke the progress thread (owners that poll their
+    /// operations themselves need not: see the crate's Progress section).
+    pub thread_wakes: u64,
     /// Live memory registrations.
     pub registrations: usize,
     /// Distinct remote metadata blobs loaded.
@@ -583,12 +589,23 @@ impl ferry_core::Backend for NixlBackend {
         _deadline: Option<Duration>,
     ) -> BoxFuture<'a, Result<Exposed, Error>> {
         let exposed = self.shared.local_endpoint().map(|endpoint| {
-            self.shared
-                .progress
-                .lock()
-                .passive
-                .insert(key, PassiveSlot::default());
-            self.shared.progress.nudge();
+            let progress = &self.shared.progress;
+            // Its owner is about to poll for the notification itself (and so progress the
+            // agent); the thread stands by for an owner's window.
+            let now = Instant::now();
+            let watch_from = now + progress.owner_spin;
+            let mut state = progress.lock();
+            state.keep_warm(now);
+            state.passive.insert(
+                key,
+                PassiveSlot {
+                    outcome: None,
+                    waker: None,
+                    watch_from: Some(watch_from),
+                },
+            );
+            progress.wake_by(&mut state, watch_from);
+            drop(state);
             Exposed {
                 endpoint,
                 transfer: Box::new(PassiveTransfer {
@@ -648,7 +665,14 @@ impl PassiveTransfer {
 
 impl Transfer for PassiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        let first = self.spin.until.is_none();
         let slice = self.spin.slice();
+        if first {
+            // The thread leaves the notifications to this owner until its window ends.
+            if let Some(slot) = self.progress.lock().passive.get_mut(&self.key) {
+                slot.watch_from = self.spin.until;
+            }
+        }
         loop {
             if let Some(event) = self.take_outcome() {
                 return Poll::Ready(event);
@@ -661,10 +685,6 @@ impl Transfer for PassiveTransfer {
             match self.spin.next(slice) {
                 Look::Again => continue,
                 Look::Later => {
-                    // Leave the notifications to this owner until its window ends.
-                    if let Some(slot) = self.progress.lock().passive.get_mut(&self.key) {
-                        slot.watch_from = self.spin.until;
-                    }
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
@@ -676,6 +696,7 @@ impl Transfer for PassiveTransfer {
             Some(slot) if slot.outcome.is_none() => {
                 slot.waker = Some(cx.waker().clone());
                 slot.watch_from = None;
+                self.progress.wake_by(&mut state, Instant::now());
                 Poll::Pending
             }
             // The notification landed between the look and the lock.
@@ -689,12 +710,14 @@ impl Transfer for PassiveTransfer {
 
     fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
         self.ended = true;
-        let mut state = self.progress.lock();
-        state.linger();
-        state
+        let outcome = self
+            .progress
+            .lock()
             .passive
             .remove(&self.key)
-            .and_then(|slot| slot.outcome)
+            .and_then(|slot| slot.outcome);
+        self.progress.linger();
+        outcome
     }
 }
 
@@ -763,10 +786,28 @@ impl NixlPeer {
         agent
             .post_xfer_req(&request, Some(&args))
             .map_err(|e| backend_error(e, Side::Local, "post_xfer_req"))?;
+        let request = Arc::new(Mutex::new(Some(request)));
+        let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        // Its owner is about to poll it; the thread stands by for an owner's window.
+        let progress = &self.shared.progress;
+        let now = Instant::now();
+        let watch_from = now + progress.owner_spin;
+        let mut state = progress.lock();
+        state.keep_warm(now);
+        state.active.insert(
+            id,
+            ActiveSlot {
+                request: request.clone(),
+                waker: None,
+                watch_from: Some(watch_from),
+            },
+        );
+        progress.wake_by(&mut state, watch_from);
+        drop(state);
         Ok(ActiveTransfer {
             shared: self.shared.clone(),
-            request: Arc::new(Mutex::new(Some(request))),
-            id: self.shared.next.fetch_add(1, Ordering::Relaxed),
+            request,
+            id,
             remote_agent: self.agent.clone(),
             key: remote.notification_key,
             ended: false,
@@ -918,8 +959,15 @@ fn transfer_failed(e: NixlError) -> Event {
 
 impl Transfer for ActiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        let first = self.spin.until.is_none();
         let slice = self.spin.slice();
-        let watch_from = loop {
+        if first {
+            // The thread leaves the request to this owner until its window ends.
+            if let Some(slot) = self.shared.progress.lock().active.get_mut(&self.id) {
+                slot.watch_from = self.spin.until;
+            }
+        }
+        loop {
             match self.status() {
                 Some(Ok(XferStatus::Success)) => return self.finish(Event::Completed),
                 Some(Err(e)) => return self.finish(transfer_failed(e)),
@@ -930,26 +978,26 @@ impl Transfer for ActiveTransfer {
             }
             match self.spin.next(slice) {
                 Look::Again => continue,
-                Look::Later => break self.spin.until,
-                Look::HandOver => break None,
+                Look::Later => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Look::HandOver => break,
             }
-        };
-        // The thread watches the request too, from the end of the owner's window on: a poll
-        // with no task behind it (`status()`) must not leave the request unprogressed.
-        let mut state = self.shared.progress.lock();
+        }
+        // The owner's window is over: the thread watches the request from now on (a poll
+        // with no task behind it, `status()`, must not leave it unprogressed).
+        let progress = &self.shared.progress;
+        let mut state = progress.lock();
         state.active.insert(
             self.id,
             ActiveSlot {
                 request: self.request.clone(),
                 waker: Some(cx.waker().clone()),
-                watch_from,
+                watch_from: None,
             },
         );
-        drop(state);
-        self.shared.progress.nudge();
-        if watch_from.is_some() {
-            cx.waker().wake_by_ref();
-        }
+        progress.wake_by(&mut state, Instant::now());
         Poll::Pending
     }
 
@@ -969,8 +1017,7 @@ impl Transfer for ActiveTransfer {
             None,
         );
         // The notification leaves only while the agent is progressed.
-        self.shared.progress.lock().linger();
-        self.shared.progress.nudge();
+        self.shared.progress.linger();
         None
     }
 }

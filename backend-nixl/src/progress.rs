@@ -2,15 +2,25 @@
 //! state of posted transfers, and wakes the tasks waiting on them.
 //!
 //! The agent runs without NIXL's own progress thread (nixl-sys's default spins a core), so this
-//! thread and the owners' polls are what drive UCX. Its rhythm:
-//! - nothing to wait for: blocked on a condition variable, no CPU at all. Registrations alone
+//! thread and the owners' polls are what drive UCX. An owner awaiting its operation polls
+//! NIXL itself for [`NixlConfig::owner_spin`](crate::NixlConfig::owner_spin) (which
+//! progresses the whole agent); the thread leaves the agent to it meanwhile, and watches an
+//! operation only once its owner's window has ended, or when its owner has not looked at it
+//! within one window of its exposure or posting. Its rhythm:
+//! - nothing to wait for: parked on a condition variable, no CPU at all. Registrations alone
 //!   are not something to wait for: a peer moves bytes through them only while one of this
 //!   agent's operations is live (a passive one until its notification), and those keep the
-//!   thread going;
-//! - a transfer in flight: polls back to back, yielding the CPU between rounds;
-//! - only passive operations waiting for a peer: polls, then backs off from 2 µs up to
-//!   [`NixlConfig::max_poll_interval`](crate::NixlConfig::max_poll_interval) between rounds
-//!   while nothing arrives; a new operation wakes it at once.
+//!   thread going. For 100 ms after an operation was exposed or posted it parks for at most
+//!   one owner's window at a time, so the owners of the next operations need not wake it;
+//! - owners polling their operations themselves: parked until the first of their windows
+//!   ends;
+//! - a transfer in flight that only the thread watches: polls back to back, yielding the CPU
+//!   between rounds;
+//! - passive operations waiting for a peer with no owner polling: polls, then backs off from
+//!   2 µs up to [`NixlConfig::max_poll_interval`](crate::NixlConfig::max_poll_interval)
+//!   between rounds while nothing arrives; an owner that hands over wakes it at once;
+//! - for 100 ms after something ended or was sent (a cancel's notification must still leave):
+//!   polls once at once, then every millisecond, unless an owner is polling.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -54,21 +64,91 @@ pub(crate) struct State {
     pub(crate) unmatched: u64,
     /// Keep progressing until then: a notification sent last (a cancel) still has to leave.
     pub(crate) linger_until: Option<Instant>,
+    /// Whether the thread is parked, and until when (`Some(None)`: until woken). `None` while
+    /// it runs: it looks at the state again before it parks.
+    parked: Option<Option<Instant>>,
+    /// Set when the thread was woken for new work: it looks at once, with no backoff.
+    nudged: bool,
+    /// How many times it was woken so.
+    pub(crate) wakes: u64,
+    /// Until then the thread parks for at most an owner's window at a time instead of
+    /// indefinitely, so the next operation's owner need not wake it ([`Progress::wake_by`]):
+    /// kept by every operation exposed or posted, [`WARM`] long.
+    warm_until: Option<Instant>,
 }
+
+/// How long the thread stays warm after an operation was exposed or posted.
+const WARM: Duration = Duration::from_millis(100);
 
 /// How long the thread keeps progressing after the last operation ended.
 const LINGER: Duration = Duration::from_millis(100);
 
-impl State {
-    fn idle(&self, now: Instant) -> bool {
-        self.passive.is_empty()
-            && self.active.is_empty()
-            && self.linger_until.is_none_or(|until| now >= until)
-    }
+/// The pause between the thread's rounds while it only lingers (no operation waits): a
+/// cancel notification leaves in the first round, so these rounds only catch stragglers.
+const LINGER_POLL: Duration = Duration::from_millis(1);
 
+/// The first pause after a round that found nothing.
+const FIRST_PAUSE: Duration = Duration::from_micros(2);
+
+/// What the thread found to do in one look at the state.
+struct Survey {
+    /// A passive operation waits whose owner is not polling for notifications itself.
+    due_passive: bool,
+    /// Some owner is polling NIXL itself now (which progresses the agent).
+    owner_polling: bool,
+    /// Progressing is wanted a while longer ([`State::linger`]).
+    lingering: bool,
+    /// Posted requests no owner is polling now.
+    requests: Vec<(u64, SharedRequest)>,
+    /// When the first owner that polls itself stops.
+    next_handover: Option<Instant>,
+}
+
+impl State {
     /// Marks that something just ended or was sent: progress a while longer.
     pub(crate) fn linger(&mut self) {
         self.linger_until = Some(Instant::now() + LINGER);
+    }
+
+    /// Notes that an operation was exposed or posted (see `warm_until`).
+    pub(crate) fn keep_warm(&mut self, now: Instant) {
+        self.warm_until = Some(now + WARM);
+    }
+
+    /// Whether the thread must be woken so that it looks at the state by `at`.
+    fn must_wake(&self, at: Instant) -> bool {
+        match self.parked {
+            None => false,
+            Some(None) => true,
+            Some(Some(until)) => until > at,
+        }
+    }
+
+    fn survey(&self, now: Instant) -> Survey {
+        let mut survey = Survey {
+            due_passive: false,
+            owner_polling: false,
+            lingering: self.linger_until.is_some_and(|until| now < until),
+            requests: Vec::new(),
+            next_handover: None,
+        };
+        let mut defer = |from: Instant| {
+            survey.owner_polling = true;
+            survey.next_handover = Some(survey.next_handover.map_or(from, |t| t.min(from)));
+        };
+        for slot in self.passive.values().filter(|slot| slot.outcome.is_none()) {
+            match slot.watch_from {
+                Some(from) if from > now => defer(from),
+                _ => survey.due_passive = true,
+            }
+        }
+        for (&id, slot) in &self.active {
+            match slot.watch_from {
+                Some(from) if from > now => defer(from),
+                _ => survey.requests.push((id, slot.request.clone())),
+            }
+        }
+        survey
     }
 }
 
@@ -78,15 +158,18 @@ pub(crate) struct Progress {
     pub(crate) state: Mutex<State>,
     work: Condvar,
     max_interval: Duration,
+    /// How long an owner polls its operation itself ([`crate::NixlConfig::owner_spin`]).
+    pub(crate) owner_spin: Duration,
 }
 
 impl Progress {
-    pub(crate) fn new(agent: Agent, max_interval: Duration) -> Arc<Progress> {
+    pub(crate) fn new(agent: Agent, max_interval: Duration, owner_spin: Duration) -> Arc<Progress> {
         Arc::new(Progress {
             agent,
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             max_interval,
+            owner_spin,
         })
     }
 
@@ -94,9 +177,22 @@ impl Progress {
         lock(&self.state)
     }
 
-    /// Tells the thread there is new work.
-    pub(crate) fn nudge(&self) {
-        self.work.notify_one();
+    /// Wakes the thread if it would not look at `state` by `at` on its own. Call it, with
+    /// the lock still held, after adding work due at `at`: the thread decides to park under
+    /// the same lock, so no work is missed and a thread that will look in time is left alone.
+    pub(crate) fn wake_by(&self, state: &mut State, at: Instant) {
+        if state.must_wake(at) {
+            state.nudged = true;
+            state.wakes += 1;
+            self.work.notify_one();
+        }
+    }
+
+    /// Marks that something just ended or was sent, and has the thread progress the agent now.
+    pub(crate) fn linger(&self) {
+        let mut state = self.lock();
+        state.linger();
+        self.wake_by(&mut state, Instant::now());
     }
 
     pub(crate) fn shutdown(&self) {
@@ -154,45 +250,11 @@ impl Progress {
         true
     }
 
-    /// Whether the thread should fetch notifications now: unless every passive operation's
-    /// owner is polling for them itself. Also returns when the first such owner stops.
-    fn listening(&self) -> (bool, Option<Instant>) {
-        let now = Instant::now();
-        let state = self.lock();
-        let mut deferred: Option<Instant> = None;
-        let mut listen = state.passive.is_empty();
-        for slot in state.passive.values() {
-            match slot.watch_from {
-                Some(from) if from > now => {
-                    deferred = Some(deferred.map_or(from, |d| d.min(from)));
-                }
-                _ => listen = true,
-            }
-        }
-        (listen, deferred)
-    }
-
-    /// Checks every posted request its owner is not polling itself once; wakes the owners of
-    /// those that left `InProgress`. Returns whether any moved, whether any is watched here,
-    /// and when the next owner's own window ends.
-    fn poll_requests(&self) -> (bool, bool, Option<Instant>) {
-        let now = Instant::now();
-        let mut deferred: Option<Instant> = None;
-        let requests: Vec<(u64, SharedRequest)> = self
-            .lock()
-            .active
-            .iter()
-            .filter(|(_, slot)| match slot.watch_from {
-                Some(from) if from > now => {
-                    deferred = Some(deferred.map_or(from, |d| d.min(from)));
-                    false
-                }
-                _ => true,
-            })
-            .map(|(&id, slot)| (id, slot.request.clone()))
-            .collect();
+    /// Checks each of `requests` once; wakes the owners of those that left `InProgress`.
+    /// Returns whether any did.
+    fn poll_requests(&self, requests: &[(u64, SharedRequest)]) -> bool {
         let mut moved = false;
-        for (id, request) in &requests {
+        for (id, request) in requests {
             let finished = match &*lock(request) {
                 Some(request) => !matches!(
                     self.agent.get_xfer_status(request),
@@ -209,53 +271,76 @@ impl Progress {
                 }
             }
         }
-        (moved, !requests.is_empty(), deferred)
+        moved
     }
 
     /// The thread's body; returns at shutdown.
+    ///
+    /// Each round it looks at the state under the lock: it polls notifications while a
+    /// passive operation waits with no owner polling for it (or while it lingers and no owner
+    /// polls at all), and every posted request no owner polls. With nothing to do it parks,
+    /// until the first owner's own window ends or until woken ([`Progress::wake_by`]), and for
+    /// at most an owner's window at a time while warm. After a round that found nothing it
+    /// pauses, doubling from 2 µs up to the longest poll interval ([`LINGER_POLL`] while it
+    /// only lingers).
     pub(crate) fn run(self: Arc<Self>) {
-        let mut interval = Duration::from_micros(2);
+        let mut interval = FIRST_PAUSE;
+        let mut quiet_until: Option<Instant> = None;
         loop {
-            {
-                let mut state = self.lock();
-                while !state.shutdown && state.idle(Instant::now()) {
-                    state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
-                    interval = Duration::from_micros(2);
-                }
-                if state.shutdown {
-                    return;
-                }
-            }
-            let (listen, passive_deferred) = self.listening();
-            let arrived = listen && self.poll_notifications();
-            let (moved, in_flight, deferred) = self.poll_requests();
-            let deferred = match (deferred, passive_deferred) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if arrived || moved {
-                interval = Duration::from_micros(2);
-                continue;
-            }
-            if in_flight {
-                std::thread::yield_now();
-                continue;
-            }
-            // Only passive operations, or transfers their owners still poll, wait: back off (no later than an owner's window ends), but wake at once for new
-            // work.
-            let state = self.lock();
+            let mut state = self.lock();
             if state.shutdown {
                 return;
             }
-            let pause = match deferred {
-                Some(at) => interval.min(at.saturating_duration_since(Instant::now())),
-                None => interval,
-            };
-            let _ = self
-                .work
-                .wait_timeout(state, pause)
-                .unwrap_or_else(|p| p.into_inner());
-            interval = (interval * 2).min(self.max_interval);
+            if std::mem::take(&mut state.nudged) {
+                interval = FIRST_PAUSE;
+                quiet_until = None;
+            }
+            let now = Instant::now();
+            let survey = state.survey(now);
+            let wants_to_listen = survey.due_passive || (survey.lingering && !survey.owner_polling);
+            let listen = wants_to_listen && quiet_until.is_none_or(|until| now >= until);
+            if !listen && survey.requests.is_empty() {
+                let warm = state
+                    .warm_until
+                    .filter(|until| *until > now)
+                    .map(|until| until.min(now + self.owner_spin.max(FIRST_PAUSE)));
+                let resume = [
+                    survey.next_handover,
+                    quiet_until.filter(|_| wants_to_listen),
+                    warm,
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                state.parked = Some(resume);
+                let mut state = match resume {
+                    None => self.work.wait(state).unwrap_or_else(|p| p.into_inner()),
+                    Some(at) => {
+                        self.work
+                            .wait_timeout(state, at.saturating_duration_since(now))
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                };
+                state.parked = None;
+                continue;
+            }
+            drop(state);
+            let arrived = listen && self.poll_notifications();
+            let moved = self.poll_requests(&survey.requests);
+            if arrived || moved {
+                interval = FIRST_PAUSE;
+                quiet_until = None;
+            } else if !survey.requests.is_empty() {
+                // A transfer in flight that only this thread watches: look again soon.
+                std::thread::yield_now();
+            } else if survey.due_passive {
+                quiet_until = Some(Instant::now() + interval);
+                interval = (interval * 2).min(self.max_interval);
+            } else {
+                // Only lingering: what had to leave left in this round, if at all.
+                quiet_until = Some(Instant::now() + LINGER_POLL);
+            }
         }
     }
 }

@@ -16,14 +16,7 @@ async fn connector(name: &str, peer_cache: usize) -> (Connector, Arc<NixlBackend
         peer_cache,
         ..NixlConfig::named(format!("{name}-{}-1", std::process::id()))
     };
-    let backend = Arc::new(NixlBackend::new(config).expect("a NIXL agent"));
-    let connector = Connector::builder()
-        .worker_id(name)
-        .backend_arc(backend.clone())
-        .build()
-        .await
-        .expect("a nixl Connector");
-    (connector, backend)
+    common::nixl_connector(name, config, 0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,3 +24,23 @@ pub async fn read_cycle(reader: &Connector, owner: &Connector, seed: u64) {
     drop(read);
     assert_eq!(landing, source);
 }
+
+/// A Connector over its own NIXL agent made from `config`, keeping up to `cache`
+/// registrations, and the backend (for its stats).
+#[cfg(feature = "nixl")]
+#[allow(dead_code)] // not every test that includes this module uses it
+pub async fn nixl_connector(
+    name: &str,
+    config: ferry::nixl::NixlConfig,
+    cache: usize,
+) -> (Connector, std::sync::Arc<ferry::nixl::NixlBackend>) {
+    let backend = std::sync::Arc::new(ferry::nixl::NixlBackend::new(config).expect("a NIXL agent"));
+    let connector = Connector::builder()
+        .worker_id(name)
+        .registration_cache(cache)
+        .backend_arc(backend.clone())
+        .build()
+        .await
+        .expect("a nixl Connector");
+    (connector, backend)
+}
