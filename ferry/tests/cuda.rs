@@ -1,6 +1,7 @@
 //! CUDA device memory (the `cuda` feature): round trips of device memory over tcp (staged
-//! through host buffers), in both pairings and every mix of host and device on the two sides;
-//! and the typed refusal of device memory by backends that cannot move it.
+//! through host buffers), in both pairings and every mix of host and device on the two sides,
+//! in one process and across two; and the typed refusal of device memory by backends that
+//! cannot move it.
 //!
 //! Tests that need a GPU print `skipped: <reason>` and pass where there is none (this
 //! project's CI has none); the refusal tests run everywhere.
@@ -234,6 +235,148 @@ where
         }
     })
     .await
+}
+
+/// The peer process's side of [`tcp_moves_device_memory_across_two_processes`]: run by it
+/// (`--ignored --exact`), never on its own. `FERRY_CUDA_PEER` says `read` (expose a readable
+/// on the device) or `write` (expose a writable on the device and check what lands); the
+/// metadata goes out on stdout after `METADATA `, the outcome after `PEER `, each ending its
+/// line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the peer process of tcp_moves_device_memory_across_two_processes, started by it"]
+async fn device_peer_process() {
+    let Ok(role) = std::env::var(PEER_ROLE) else {
+        println!("skipped: {PEER_ROLE} is not set: this is the peer process of another test");
+        return;
+    };
+    let stream = gpu().expect("the parent process found a GPU");
+    let len = two_process_len();
+    let expected = pattern(len, 0x3c);
+    let connector = tcp().await;
+    let outcome = match role.as_str() {
+        "read" => {
+            let memory = stream.clone_htod(&expected).expect("copies");
+            let mut readable = connector
+                .create_readable([Descriptor::from_cuda_slice(&memory)])
+                .await
+                .expect("exposes");
+            println!("METADATA {}", readable.metadata().to_json());
+            match readable.wait_for_completion_timeout(PEER_LIMIT).await {
+                Ok(()) => "complete".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            }
+        }
+        _ => {
+            let mut memory = stream.alloc_zeros::<u8>(len).expect("allocates");
+            let mut writable = connector
+                .create_writable([Descriptor::from_cuda_slice_mut(&mut memory)])
+                .await
+                .expect("exposes");
+            println!("METADATA {}", writable.metadata().to_json());
+            let waited = writable.wait_for_completion_timeout(PEER_LIMIT).await;
+            drop(writable);
+            match waited {
+                Ok(()) if stream.clone_dtoh(&memory).expect("copies") == expected => {
+                    "complete".to_owned()
+                }
+                Ok(()) => "complete but the bytes differ".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            }
+        }
+    };
+    println!("PEER {outcome}");
+}
+
+const PEER_ROLE: &str = "FERRY_CUDA_PEER";
+const PEER_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn two_process_len() -> usize {
+    (9 << 20) + 5
+}
+
+/// Device memory read from, and written into, a tcp Connector in another process (this test
+/// binary started again as [`device_peer_process`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_moves_device_memory_across_two_processes() {
+    let Some(stream) = gpu() else { return };
+    let len = two_process_len();
+    let expected = pattern(len, 0x3c);
+    let connector = tcp().await;
+    for role in ["read", "write"] {
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--ignored", "--exact", "device_peer_process", "--nocapture"])
+            .env(PEER_ROLE, role)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starts the peer");
+        let stdout = child.stdout.take().expect("piped");
+        let (lines, mut next) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let metadata =
+            RdmaMetadata::from_json(&line_with(&mut next, "METADATA ").await).expect("decodes");
+        match role {
+            "read" => {
+                let mut memory = stream.alloc_zeros::<u8>(len).expect("allocates");
+                let mut read = connector
+                    .begin_read(&metadata, [Descriptor::from_cuda_slice_mut(&mut memory)])
+                    .await
+                    .expect("begins");
+                read.wait_for_completion_timeout(PEER_LIMIT)
+                    .await
+                    .expect("reads");
+                drop(read);
+                assert!(stream.clone_dtoh(&memory).expect("copies") == expected);
+            }
+            _ => {
+                let memory = stream.clone_htod(&expected).expect("copies");
+                let mut write = connector
+                    .begin_write([Descriptor::from_cuda_slice(&memory)], &metadata)
+                    .await
+                    .expect("begins");
+                write
+                    .wait_for_completion_timeout(PEER_LIMIT)
+                    .await
+                    .expect("writes");
+            }
+        }
+        assert_eq!(line_with(&mut next, "PEER ").await, "complete", "{role}");
+        // The peer's stdout closes when it exits.
+        while tokio::time::timeout(PEER_LIMIT, next.recv())
+            .await
+            .expect("the peer exits")
+            .is_some()
+        {}
+        assert!(child.wait().expect("waits").success(), "{role}");
+    }
+}
+
+/// What follows `prefix` in the first line from the peer that holds it.
+async fn line_with(
+    next: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    prefix: &str,
+) -> String {
+    loop {
+        match tokio::time::timeout(PEER_LIMIT, next.recv()).await {
+            Ok(Some(line)) => {
+                // libtest may have begun the line with `test device_peer_process ... `.
+                if let Some((_, rest)) = line.split_once(prefix) {
+                    return rest.to_owned();
+                }
+            }
+            Ok(None) => panic!("the peer exited before a {prefix:?} line"),
+            Err(_) => panic!("no {prefix:?} line from the peer within {PEER_LIMIT:?}"),
+        }
+    }
 }
 
 /// The simulator moves host memory only: a device descriptor is refused before any
