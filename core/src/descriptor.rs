@@ -19,17 +19,15 @@ use crate::device::Device;
 /// [`Error::ReadOnlyDescriptor`](crate::Error::ReadOnlyDescriptor).
 ///
 /// With the `cuda` feature, CUDA device memory is described the same way, borrowed from
-/// cudarc's safe types: [`Descriptor::from_cuda_slice`] / [`Descriptor::from_cuda_view`] are
-/// read-only, [`Descriptor::from_cuda_slice_mut`] / [`Descriptor::from_cuda_view_mut`]
-/// writable. [`device`](Descriptor::device) is then `cuda:N` and [`addr`](Descriptor::addr) the
-/// device pointer. The host accessors ([`as_slice`](Descriptor::as_slice),
-/// [`as_mut_slice`](Descriptor::as_mut_slice)) give `None` for device memory; a backend that
-/// copies device memory itself takes [`cuda_view`](Descriptor::cuda_view) /
-/// [`cuda_view_mut`](Descriptor::cuda_view_mut), and one that hands addresses to hardware takes
-/// `addr`, `len` and `device`. A backend that cannot reach device memory leaves
-/// [`DeviceKind::Cuda`](crate::DeviceKind::Cuda) out of its capabilities, and validation refuses
-/// such descriptors with [`Error::UnsupportedDevice`](crate::Error::UnsupportedDevice) before any
-/// operation exists.
+/// cudarc's safe types: `Descriptor::from_cuda_slice` / `from_cuda_view` are read-only,
+/// `from_cuda_slice_mut` / `from_cuda_view_mut` writable. [`device`](Descriptor::device) is
+/// then `cuda:N` and [`addr`](Descriptor::addr) the device pointer. The host accessors
+/// ([`as_slice`](Descriptor::as_slice), [`as_mut_slice`](Descriptor::as_mut_slice)) give `None`
+/// for device memory; a backend that copies device memory itself takes `cuda_view` /
+/// `cuda_view_mut`, and one that hands addresses to hardware takes `addr`, `len` and `device`.
+/// A backend that cannot reach device memory leaves [`DeviceKind::Cuda`](crate::DeviceKind::Cuda)
+/// out of its capabilities, and validation refuses such descriptors with
+/// [`Error::UnsupportedDevice`](crate::Error::UnsupportedDevice) before any operation exists.
 ///
 /// Raw pointers (foreign allocations) are not accepted by this crate: it forbids `unsafe`, and
 /// only a backend that hands addresses to hardware can honour such a contract.
