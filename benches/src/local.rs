@@ -134,8 +134,11 @@ impl Pair {
             }
             #[cfg(feature = "ucx")]
             LocalBackend::Ucx => {
-                let passive = ferry::ucx::UcxBackend::new()?;
-                let active = ferry::ucx::UcxBackend::new()?;
+                let config = || ferry::ucx::UcxConfig {
+                    error_handling: UCX_ERROR_HANDLING.get().copied().unwrap_or_default(),
+                };
+                let passive = ferry::ucx::UcxBackend::with_config(config())?;
+                let active = ferry::ucx::UcxBackend::with_config(config())?;
                 (
                     build("passive").backend(passive).build().await?,
                     build("active").backend(active).build().await?,
@@ -150,6 +153,18 @@ impl Pair {
             active,
         })
     }
+}
+
+/// How the endpoints of ucx pairs treat a lost peer, where a program set it.
+#[cfg(feature = "ucx")]
+static UCX_ERROR_HANDLING: std::sync::OnceLock<ferry::ucx::ErrorHandling> =
+    std::sync::OnceLock::new();
+
+/// Makes every ucx [`Pair`] this process opens from now on (and the KV hand-off's) use
+/// `error_handling` (ferry's default, peer, until set); the first call wins.
+#[cfg(feature = "ucx")]
+pub fn set_ucx_error_handling(error_handling: ferry::ucx::ErrorHandling) {
+    let _ = UCX_ERROR_HANDLING.set(error_handling);
 }
 
 /// Why ucx cannot run in a program built without the `ucx` feature.

@@ -179,7 +179,8 @@ mod measure {
     /// The size of ferry's completion notification: a notification key's text (a UUID).
     const NOTIFICATION_BYTES: usize = 36;
 
-    /// Measures ucx as `request` says, its endpoints using `error_handling`: one process
+    /// Measures ucx as `request` says, its endpoints (in one process and across two) using
+    /// `error_handling`: one process
     /// (every cell, and the KV hand-off if asked), two processes (one descriptor per size,
     /// the split sizes over each descriptor count) and `ucx_perftest` in the same run. What
     /// cannot run is left out with why; the result is a [`Suite`] of this part alone.
@@ -205,6 +206,7 @@ mod measure {
             suite.skipped.push(format!("ucx: {why}"));
             return Ok(suite);
         }
+        local::set_ucx_error_handling(error_handling);
         let cells = local::cells(&request.sizes, &request.split_sizes, &request.descriptors);
         let kv = request.kv_blocks.map_or(0, |_| Variant::ALL.len());
         let two = if request.across { 2 * cells.len() } else { 0 };
