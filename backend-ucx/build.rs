@@ -48,6 +48,10 @@ const FUNCTIONS: &[&str] = &[
     // `ferry probe`: what UCX enabled and selected (`transports.rs`), printed into a stream.
     "ucp_context_print_info",
     "ucp_ep_print_info",
+    // Device memory (the `cuda` feature): which memory types the context supports, and the
+    // effective configuration (`UCX_PROTO_ENABLE`).
+    "ucp_context_query",
+    "ucp_config_print",
 ];
 
 /// Enums whose constants the safe layer names (generated as modules of constants, never Rust
@@ -68,6 +72,8 @@ const ENUMS: &[&str] = &[
     "ucp_send_am_flags",
     "ucp_am_recv_attr_t",
     "ucp_am_handler_param_field",
+    "ucp_context_attr_field",
+    "ucs_config_print_flags_t",
 ];
 
 fn main() {

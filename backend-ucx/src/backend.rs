@@ -102,10 +102,12 @@ use std::time::Duration;
 
 use ferry_core::state::Event;
 use ferry_core::{
-    BoxFuture, Capabilities, Descriptor, DeviceKind, EndpointBlob, Error, Exposed, NotificationKey,
-    OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Settlement, Side, Transfer,
+    BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed,
+    NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Settlement, Side,
+    Transfer,
 };
 
+mod device;
 mod progress;
 mod table;
 #[cfg(test)]
@@ -214,6 +216,7 @@ pub struct UcxStats {
 struct Registered {
     addr: u64,
     len: u64,
+    device: Device,
     /// The packed remote key, once mapped.
     rkey: Option<Vec<u8>>,
 }
@@ -230,6 +233,8 @@ struct Shared {
     next: AtomicU64,
     entropy: Mutex<std::fs::File>,
     capabilities: Capabilities,
+    /// Whether this backend moves CUDA device memory, or why not (see [`UcxBackend::cuda_support`]).
+    cuda_support: Result<(), String>,
 }
 
 impl Shared {
@@ -313,7 +318,7 @@ impl UcxBackend {
                     };
                 match progress.address() {
                     Ok(address) => {
-                        let _ = started.send(Ok(address));
+                        let _ = started.send(Ok((address, progress.cuda_support())));
                     }
                     Err(e) => {
                         let _ = started.send(Err(e));
@@ -323,8 +328,8 @@ impl UcxBackend {
                 progress.run(inbox, wake_reader);
             })
             .map_err(|e| unavailable(format!("starting the progress thread: {e}")))?;
-        let address = match start.recv_timeout(ANSWER) {
-            Ok(Ok(address)) => address,
+        let (address, cuda_support) = match start.recv_timeout(ANSWER) {
+            Ok(Ok(started)) => started,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -342,13 +347,17 @@ impl UcxBackend {
             entropy: Mutex::new(entropy),
             capabilities: Capabilities {
                 backend: NAME,
-                devices: vec![DeviceKind::Host],
+                devices: match cuda_support {
+                    Ok(()) => vec![DeviceKind::Host, DeviceKind::Cuda],
+                    Err(_) => vec![DeviceKind::Host],
+                },
                 passive_observes_start: false,
                 passive_observes_peer_loss: false,
                 enforces_revocation: false,
                 cross_host: true,
                 progress_needs_polling: false,
             },
+            cuda_support,
         });
         Ok(UcxBackend {
             shared,
@@ -358,6 +367,15 @@ impl UcxBackend {
 }
 
 impl UcxBackend {
+    /// Whether this backend moves CUDA device memory (its capabilities then list
+    /// [`DeviceKind::Cuda`]), or why not: this needs the `cuda` feature, a UCX that handles
+    /// CUDA memory with protocols that honour a buffer's memory type, and a CUDA device (see
+    /// the crate docs, "Device memory"). Where it does not, validation refuses device
+    /// descriptors with `UnsupportedDevice` before any operation exists.
+    pub fn cuda_support(&self) -> Result<(), String> {
+        self.shared.cuda_support.clone()
+    }
+
     /// What the backend holds now.
     pub fn stats(&self) -> UcxStats {
         let (registrations, mapped) = {
@@ -421,6 +439,7 @@ impl ferry_core::Backend for UcxBackend {
             Registered {
                 addr: region.addr,
                 len: region.len,
+                device: region.device,
                 rkey: None,
             },
         );
@@ -473,17 +492,20 @@ impl ferry_core::Backend for UcxBackend {
 
 impl UcxBackend {
     fn exposed(&self, key: NotificationKey, local: &[Descriptor<'_>]) -> Result<Exposed, Error> {
+        // A peer may read the memory as soon as it has the metadata.
+        device::settle_streams(local)?;
         let mut regions: Vec<RegionKey> = Vec::new();
         for (index, descriptor) in local.iter().enumerate() {
             let (addr, len) = (descriptor.addr(), descriptor.len() as u64);
             if len == 0 || regions.iter().any(|r| r.covers(addr, len)) {
                 continue;
             }
+            let device = descriptor.device();
             let (id, region, mapped) = {
                 let registrations = lock(&self.shared.registrations);
                 let (&id, covering) = registrations
                     .iter()
-                    .filter(|(_, r)| r.len > 0)
+                    .filter(|(_, r)| r.len > 0 && r.device == device)
                     .find(|(_, r)| {
                         RegionKey {
                             addr: r.addr,
@@ -507,7 +529,7 @@ impl UcxBackend {
             };
             regions.push(match mapped {
                 Some(rkey) => RegionKey { rkey, ..region },
-                None => self.map(id, region)?,
+                None => self.map(id, region, device)?,
             });
         }
         let endpoint = UcxBlob {
@@ -537,9 +559,9 @@ impl UcxBackend {
 }
 
 impl UcxBackend {
-    /// Maps registration `id` (covering `region`) on the progress thread, the first time a
-    /// passive operation exposes it; the region with its packed remote key.
-    fn map(&self, id: u64, mut region: RegionKey) -> Result<RegionKey, Error> {
+    /// Maps registration `id` (covering `region`, memory on `device`) on the progress thread,
+    /// the first time a passive operation exposes it; the region with its packed remote key.
+    fn map(&self, id: u64, mut region: RegionKey, device: Device) -> Result<RegionKey, Error> {
         let len = usize::try_from(region.len).map_err(|_| Error::Backend {
             backend: NAME,
             side: Side::Local,
@@ -550,6 +572,7 @@ impl UcxBackend {
             id,
             addr: region.addr as usize,
             len,
+            device,
             reply,
         })??;
         let mut registrations = lock(&self.shared.registrations);
@@ -619,6 +642,8 @@ impl UcxPeer {
         local: &[Descriptor<'_>],
     ) -> Result<ActiveTransfer, Error> {
         let blob = UcxBlob::from_endpoint(&remote.endpoint()?)?;
+        // UCX copies device memory on streams of its own: the caller's work comes first.
+        device::settle_streams(local)?;
         let mut items = Vec::with_capacity(local.len());
         for (index, (mine, theirs)) in local.iter().zip(&remote.descriptors).enumerate() {
             if mine.is_empty() {
@@ -633,6 +658,7 @@ impl UcxPeer {
             items.push(Item {
                 local: mine.addr() as usize,
                 len: mine.len(),
+                device: mine.device(),
                 remote: theirs.ptr,
                 rkey: region,
             });

@@ -33,6 +33,31 @@
 //! is made from a context, none can exist. The `sys` and `result` modules exist only with UCX.
 //! `scripts/install-ucx.sh` installs `libucx-dev`, `ucx-utils` and `pkg-config`.
 //!
+//! # Device memory (the `cuda` feature)
+//! With `cuda`, a backend also moves CUDA device memory (`Descriptor::from_cuda_slice` and
+//! friends), where [`UcxBackend::cuda_support`] says it can, checked once when it starts:
+//! - UCX handles CUDA memory: `ucp_context_query` lists `UCS_MEMORY_TYPE_CUDA` among the
+//!   context's memory types. That needs a UCX built with CUDA whose cuda transports
+//!   (`libuct_cuda`) are installed and enabled by `UCX_TLS`. **Debian's UCX 1.13 ships
+//!   none** (its `libucx0` has only the cma, ib and rdmacm modules), so with it device memory
+//!   is always refused; a CUDA-enabled UCX with the same sonames (PyPI's `libucx-cu12`, UCX
+//!   1.22, say) on `LD_LIBRARY_PATH` is used instead at run time.
+//! - UCX's protocols honour a local buffer's memory type: UCX's v1 protocols, its default
+//!   before 1.16 (`UCX_PROTO_ENABLE=n`), take every get's and put's local buffer for host
+//!   memory; the effective setting is read with `ucp_config_print`.
+//! - A CUDA driver and device are present (`ferry_core::cuda::device_count`).
+//!
+//! Otherwise the capabilities list host memory only and validation refuses device
+//! descriptors with `UnsupportedDevice` before any operation exists. Where it can, device
+//! regions are mapped with `UCS_MEMORY_TYPE_CUDA` (`UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE`), gets
+//! and puts from device memory name their memory type (`UCP_OP_ATTR_FIELD_MEMORY_TYPE`), so
+//! UCX picks its GPU paths (cuda_ipc, cuda_copy, GPUDirect RDMA where the hardware has it),
+//! and the progress thread makes the memory's device context current first, as UCX's cuda
+//! transports need (NIXL does the same): one backend serves one device, and memory of another
+//! device is `UnsupportedDevice`. Before UCX touches device memory the descriptors' CUDA
+//! streams are synchronised, so it sees what the caller's kernels wrote. **Not verified on a
+//! GPU yet.**
+//!
 //! # Configuration
 //! UCX reads its own environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...) in `ucp_config_read`;
 //! nothing here overrides it. On one host with loopback only, `UCX_NET_DEVICES=lo` keeps

@@ -583,6 +583,42 @@ pub unsafe fn context_info(context: NonNull<sys::ucp_context>) -> Result<String>
     }
 }
 
+/// `ucp_context_query` for `UCP_ATTR_FIELD_MEMORY_TYPES`: a bit `1 << t` for every memory
+/// type `t` (`ucs_memory_type_t`) some memory domain of the context can detect.
+///
+/// # Safety
+/// `context` is live.
+pub unsafe fn context_memory_types(context: NonNull<sys::ucp_context>) -> Result<u64> {
+    let mut attributes = sys::ucp_context_attr_t {
+        field_mask: u64::from(sys::ucp_context_attr_field::UCP_ATTR_FIELD_MEMORY_TYPES),
+        ..Default::default()
+    };
+    // SAFETY: live context; UCX writes only the fields the mask names into the struct.
+    check("ucp_context_query", unsafe {
+        sys::ucp_context_query(context.as_ptr(), &mut attributes)
+    })?;
+    Ok(attributes.memory_types)
+}
+
+/// `ucp_config_print` with `UCS_CONFIG_PRINT_CONFIG`: one `UCX_NAME=value` line per setting,
+/// with the values in force (defaults, configuration files and the environment).
+///
+/// # Safety
+/// `config` is live.
+pub unsafe fn config_print(config: NonNull<sys::ucp_config_t>) -> Result<String> {
+    // SAFETY: live configuration (the caller's contract); the stream is live during the call.
+    unsafe {
+        printed("ucp_config_print", |stream| {
+            sys::ucp_config_print(
+                config.as_ptr(),
+                stream,
+                ptr::null(),
+                sys::ucs_config_print_flags_t::UCS_CONFIG_PRINT_CONFIG,
+            )
+        })
+    }
+}
+
 /// `ucp_ep_print_info`: the endpoint's lanes (the transport and device each uses, and for
 /// what) and its protocol thresholds, as UCX prints them.
 ///

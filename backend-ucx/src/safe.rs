@@ -42,6 +42,61 @@ pub struct ContextOptions {
     pub wakeup: bool,
 }
 
+/// Where memory lives, as UCX names it (`ucs_memory_type_t`): what [`Context::map_as`],
+/// [`Endpoint::put_raw`] and [`Endpoint::get_raw`] tell UCX instead of letting it detect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemoryType {
+    /// Host memory (`UCS_MEMORY_TYPE_HOST`).
+    Host,
+    /// CUDA device memory (`UCS_MEMORY_TYPE_CUDA`): a `CUdeviceptr`.
+    Cuda,
+}
+
+impl MemoryType {
+    fn raw(self) -> sys::ucs_memory_type::Type {
+        match self {
+            MemoryType::Host => sys::ucs_memory_type::UCS_MEMORY_TYPE_HOST,
+            MemoryType::Cuda => sys::ucs_memory_type::UCS_MEMORY_TYPE_CUDA,
+        }
+    }
+
+    /// The request parameters of a get or put from memory of this type: host memory as
+    /// before (no memory type given, UCX's default), device memory named as such
+    /// (`UCP_OP_ATTR_FIELD_MEMORY_TYPE`).
+    fn request_param(self) -> sys::ucp_request_param_t {
+        match self {
+            MemoryType::Host => sys::ucp_request_param_t::default(),
+            MemoryType::Cuda => sys::ucp_request_param_t {
+                op_attr_mask: sys::ucp_op_attr_t::UCP_OP_ATTR_FIELD_MEMORY_TYPE,
+                memory_type: self.raw(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// UCX's configuration in force in this process (`ucp_config_print`): defaults, configuration
+/// files and `UCX_*` variables, one `(name, value)` pair per setting, names without the
+/// `UCX_` prefix (`PROTO_ENABLE`, `TLS`, ...).
+pub fn configuration() -> Result<Vec<(String, String)>> {
+    // SAFETY: released below, once.
+    let config = unsafe { result::config_read() }?;
+    // SAFETY: the configuration is live until released below.
+    let printed = unsafe { result::config_print(config) };
+    // SAFETY: read once above, not used afterwards.
+    unsafe { result::config_release(config) };
+    Ok(settings(&printed?))
+}
+
+/// The `UCX_NAME=value` lines of `ucp_config_print`'s text, comments skipped.
+fn settings(printed: &str) -> Vec<(String, String)> {
+    printed
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("UCX_")?.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
 struct ContextInner {
     raw: NonNull<sys::ucp_context>,
 }
@@ -96,6 +151,15 @@ impl Context {
         unsafe { result::context_info(self.inner.raw) }
     }
 
+    /// Whether some memory domain of the context can detect memory of `memory` type
+    /// (`ucp_context_query`'s `memory_types`): CUDA only where UCX was built with CUDA, its
+    /// cuda transports are installed and `UCX_TLS` enables them.
+    pub fn supports(&self, memory: MemoryType) -> Result<bool> {
+        // SAFETY: the context is live while `self` is.
+        let types = unsafe { result::context_memory_types(self.inner.raw) }?;
+        Ok(types & (1u64 << memory.raw()) != 0)
+    }
+
     /// Creates a worker (`UCS_THREAD_MODE_SINGLE`).
     pub fn create_worker(&self) -> Result<Worker> {
         let params = sys::ucp_worker_params_t {
@@ -134,9 +198,48 @@ impl Context {
             length,
             ..Default::default()
         };
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.map_with(&params, address, length) }
+    }
+
+    /// [`Context::map`] for memory UCX is told the type of (`UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE`):
+    /// for [`MemoryType::Cuda`], `address` is a `CUdeviceptr`, and UCX's cuda memory domain
+    /// needs that device's context current on this thread.
+    ///
+    /// # Safety
+    /// As [`Context::map`], for memory of type `memory`.
+    pub unsafe fn map_as(
+        &self,
+        address: *mut u8,
+        length: usize,
+        memory: MemoryType,
+    ) -> Result<MemRegion> {
+        let params = sys::ucp_mem_map_params_t {
+            field_mask: u64::from(
+                sys::ucp_mem_map_params_field::UCP_MEM_MAP_PARAM_FIELD_ADDRESS
+                    | sys::ucp_mem_map_params_field::UCP_MEM_MAP_PARAM_FIELD_LENGTH
+                    | sys::ucp_mem_map_params_field::UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE,
+            ),
+            address: address.cast(),
+            length,
+            memory_type: memory.raw(),
+            ..Default::default()
+        };
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.map_with(&params, address, length) }
+    }
+
+    /// # Safety
+    /// `params` maps `length` bytes at `address`, which stay allocated while the region lives.
+    unsafe fn map_with(
+        &self,
+        params: &sys::ucp_mem_map_params_t,
+        address: *mut u8,
+        length: usize,
+    ) -> Result<MemRegion> {
         // SAFETY: the caller keeps the memory valid while the region lives; the region keeps
         // the context alive (Rc).
-        let memh = unsafe { result::mem_map(self.inner.raw, &params) }?;
+        let memh = unsafe { result::mem_map(self.inner.raw, params) }?;
         Ok(MemRegion {
             memh,
             address: address as u64,
@@ -608,19 +711,23 @@ impl Endpoint {
     pub fn put(&self, data: Vec<u8>, remote: u64, rkey: &RemoteKey) -> Result<Request> {
         // SAFETY: the Vec's heap buffer moves into the request with it and is freed only
         // after the request completes (or leaked if the request is dropped pending).
-        let request = unsafe { self.put_raw(data.as_ptr(), data.len(), remote, rkey) }?;
+        let request =
+            unsafe { self.put_raw(data.as_ptr(), data.len(), MemoryType::Host, remote, rkey) }?;
         Ok(request.keeping(data))
     }
 
     /// Reads `buffer.len()` bytes at `remote` in the peer's region into `buffer`
     /// (`ucp_get_nbx`); [`Request::into_buffers`] gives it back filled.
     pub fn get(&self, mut buffer: Vec<u8>, remote: u64, rkey: &RemoteKey) -> Result<Request> {
+        let (local, length) = (buffer.as_mut_ptr(), buffer.len());
         // SAFETY: as in `put`; nothing else reaches the Vec while the request owns it.
-        let request = unsafe { self.get_raw(buffer.as_mut_ptr(), buffer.len(), remote, rkey) }?;
+        let request = unsafe { self.get_raw(local, length, MemoryType::Host, remote, rkey) }?;
         Ok(request.keeping(buffer))
     }
 
-    /// `ucp_put_nbx` from caller-managed memory.
+    /// `ucp_put_nbx` from caller-managed memory of type `memory` (for
+    /// [`MemoryType::Cuda`], `local` is a `CUdeviceptr` and that device's context is current
+    /// on this thread).
     ///
     /// # Safety
     /// `local` is readable for `length` bytes until the request reports completion. Dropping
@@ -630,10 +737,11 @@ impl Endpoint {
         &self,
         local: *const u8,
         length: usize,
+        memory: MemoryType,
         remote: u64,
         rkey: &RemoteKey,
     ) -> Result<Request> {
-        let param = sys::ucp_request_param_t::default();
+        let param = memory.request_param();
         // SAFETY: live endpoint and key (unpacked on an endpoint of this worker: the key
         // holds its endpoint); memory per the caller's contract.
         let pending = unsafe {
@@ -649,7 +757,7 @@ impl Endpoint {
         Ok(self.request("ucp_put_nbx", pending, Some(rkey), Vec::new()))
     }
 
-    /// `ucp_get_nbx` into caller-managed memory.
+    /// `ucp_get_nbx` into caller-managed memory of type `memory` (as [`Endpoint::put_raw`]).
     ///
     /// # Safety
     /// As [`Endpoint::put_raw`], with `local` writable and not otherwise accessed.
@@ -657,10 +765,11 @@ impl Endpoint {
         &self,
         local: *mut u8,
         length: usize,
+        memory: MemoryType,
         remote: u64,
         rkey: &RemoteKey,
     ) -> Result<Request> {
-        let param = sys::ucp_request_param_t::default();
+        let param = memory.request_param();
         // SAFETY: as in put_raw.
         let pending = unsafe {
             result::get(

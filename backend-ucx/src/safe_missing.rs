@@ -14,6 +14,22 @@ use crate::error::Error;
 /// The result of the crate's UCX calls.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Where memory lives, as UCX names it (see the UCX build's docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemoryType {
+    /// Host memory.
+    Host,
+    /// CUDA device memory.
+    Cuda,
+}
+
+/// Always [`Error::NotInstalled`] in this build.
+pub fn configuration() -> Result<Vec<(String, String)>> {
+    Err(Error::NotInstalled {
+        reason: env!("FERRY_UCX_MISSING_REASON").to_owned(),
+    })
+}
+
 /// How a [`Context`] is set up (see the UCX build's docs).
 #[derive(Debug, Clone, Default)]
 pub struct ContextOptions {
@@ -41,6 +57,11 @@ impl Context {
     }
 
     /// Unreachable: no context exists in this build.
+    pub fn supports(&self, _memory: MemoryType) -> Result<bool> {
+        match self.never {}
+    }
+
+    /// Unreachable: no context exists in this build.
     pub fn create_worker(&self) -> Result<Worker> {
         match self.never {}
     }
@@ -50,6 +71,19 @@ impl Context {
     /// # Safety
     /// As in the UCX build.
     pub unsafe fn map(&self, _address: *mut u8, _length: usize) -> Result<MemRegion> {
+        match self.never {}
+    }
+
+    /// Unreachable: no context exists in this build.
+    ///
+    /// # Safety
+    /// As in the UCX build.
+    pub unsafe fn map_as(
+        &self,
+        _address: *mut u8,
+        _length: usize,
+        _memory: MemoryType,
+    ) -> Result<MemRegion> {
         match self.never {}
     }
 }
@@ -201,6 +235,7 @@ impl Endpoint {
         &self,
         _local: *const u8,
         _length: usize,
+        _memory: MemoryType,
         _remote: u64,
         _rkey: &RemoteKey,
     ) -> Result<Request> {
@@ -214,6 +249,7 @@ impl Endpoint {
         &self,
         _local: *mut u8,
         _length: usize,
+        _memory: MemoryType,
         _remote: u64,
         _rkey: &RemoteKey,
     ) -> Result<Request> {

@@ -11,8 +11,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_core::{Error, NotificationKey, OperationKind, Settler, Side};
+use ferry_core::{Device, Error, NotificationKey, OperationKind, Settler, Side};
 
+use super::device::{self, DeviceContext};
 use super::table::Ending;
 use super::{
     abort_unsafe, cannot_connect, lock, Table, AM_NOTIFY, BUSY_SLEEP, DRAIN, IDLE_SLEEP, LINGER,
@@ -26,6 +27,8 @@ use crate::safe::{
 pub(super) struct Item {
     pub(super) local: usize,
     pub(super) len: usize,
+    /// Where the local memory lives (`local` is a device pointer for CUDA memory).
+    pub(super) device: Device,
     pub(super) remote: u64,
     pub(super) rkey: usize,
 }
@@ -35,6 +38,7 @@ pub(super) enum Command {
         id: u64,
         addr: usize,
         len: usize,
+        device: Device,
         reply: SyncSender<Result<Vec<u8>, Error>>,
     },
     Deregister {
@@ -106,6 +110,11 @@ pub(super) struct Progress {
     // Dropped last: endpoints and regions hold the worker and context alive anyway.
     worker: Worker,
     context: Context,
+    /// Whether the backend moves CUDA memory, or why not ([`device::cuda_support`]).
+    cuda_support: Result<(), String>,
+    /// The CUDA context current on this thread, once device memory was used; dropped after
+    /// the UCX context, whose cuda resources live in it.
+    device: DeviceContext,
 }
 
 fn failure(endpoint: &Endpoint, error: &crate::Error) -> Error {
@@ -137,6 +146,7 @@ impl Progress {
                 handler_table.notify(message.data);
             })
             .map_err(|e| e.to_ferry(Side::Local))?;
+        let cuda_support = device::cuda_support(&context);
         Ok(Progress {
             table,
             peers,
@@ -149,7 +159,14 @@ impl Progress {
             leaving: Vec::new(),
             worker,
             context,
+            cuda_support,
+            device: DeviceContext::default(),
         })
+    }
+
+    /// Whether the backend moves CUDA memory, or why not.
+    pub(super) fn cuda_support(&self) -> Result<(), String> {
+        self.cuda_support.clone()
     }
 
     /// The worker's address, for the blob.
@@ -216,9 +233,10 @@ impl Progress {
                 id,
                 addr,
                 len,
+                device,
                 reply,
             } => {
-                let _ = reply.send(self.register(id, addr, len));
+                let _ = reply.send(self.register(id, addr, len, device));
             }
             Command::Deregister { id } => {
                 self.regions.remove(&id);
@@ -277,7 +295,13 @@ impl Progress {
         }
     }
 
-    fn register(&mut self, id: u64, addr: usize, len: usize) -> Result<Vec<u8>, Error> {
+    fn register(
+        &mut self,
+        id: u64,
+        addr: usize,
+        len: usize,
+        device: Device,
+    ) -> Result<Vec<u8>, Error> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -285,10 +309,12 @@ impl Progress {
             // Two passive operations exposed it at once: both asked.
             return Ok(rkey.clone());
         }
+        let memory = self.device.enter(device)?;
         // SAFETY: the Connector registers only memory an operation or a Registration borrows
         // and deregisters it before the borrow ends; the region is dropped (unmapped) on
         // Deregister. A peer's access to it is the capability the metadata grants (SPEC §9).
-        let region = unsafe { self.context.map(addr as *mut u8, len) }
+        // Device memory is mapped as such, with its device's context current (`enter`).
+        let region = unsafe { self.context.map_as(addr as *mut u8, len, memory) }
             .map_err(|e| e.to_ferry(Side::Local))?;
         let rkey = region.pack_rkey().map_err(|e| e.to_ferry(Side::Local))?;
         self.regions.insert(id, (region, rkey.clone()));
@@ -399,18 +425,27 @@ impl Progress {
                 });
                 break;
             };
+            let memory = match self.device.enter(item.device) {
+                Ok(memory) => memory,
+                Err(e) => {
+                    posted = Err(e);
+                    break;
+                }
+            };
             // SAFETY: the operation borrows `item.local` for `item.len` bytes (writable for a
             // read: validated by the facade); its cancel and drop wait, through this thread,
             // until every request has finished (ActiveOp's drain), and a post that fails after
             // posting some requests returns only once they have finished (`drain` below), so
-            // the memory outlives UCX's use of it.
+            // the memory outlives UCX's use of it. Device memory is named as such, with its
+            // device's context current (`enter`).
+            let (local, len, remote) = (item.local, item.len, item.remote);
             let request = unsafe {
                 match kind {
                     OperationKind::Read => {
-                        endpoint.get_raw(item.local as *mut u8, item.len, item.remote, rkey)
+                        endpoint.get_raw(local as *mut u8, len, memory, remote, rkey)
                     }
                     OperationKind::Write => {
-                        endpoint.put_raw(item.local as *const u8, item.len, item.remote, rkey)
+                        endpoint.put_raw(local as *const u8, len, memory, remote, rkey)
                     }
                 }
             };
