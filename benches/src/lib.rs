@@ -19,8 +19,9 @@
 //!  iperf3 -c ◀═════════════ loopback ═══════════▶ iperf3 -s
 //! ```
 //!
-//! What it does not do: it measures no simulator (which moves bytes in memory, not over a
-//! transport), and it judges nothing by absolute numbers.
+//! What it does not do: it measures the simulator (which moves bytes in memory, not over a
+//! transport) only among `ferry bench`'s one-process rows, and it judges nothing by absolute
+//! numbers.
 //!
 //! The pieces are in modules so that every backend's benchmark reuses them: [`stats`]
 //! (latency percentiles and throughput), [`units`] (sizes), [`lines`] (JSON lines between the
@@ -32,6 +33,10 @@
 //! module per backend: [`tcp`] (ferry-bench-tcp) and [`nixl`] (ferry-bench-nixl: ferry's nixl
 //! backend beside a raw nixl-sys loop in the same two processes) and, with the `ucx` feature,
 //! `ucx` (ferry-bench-ucx: ferry's ucx backend beside `ucx_perftest` in the same run).
+//! `ferry bench` (the ferry-bench program) puts them together: [`local`] (two Connectors of
+//! one process), [`split`] (two-process operations over many descriptors), [`handoff`] and
+//! [`kv`] (the KV-cache hand-off), [`suite`] (its tables, JSON and plot series), [`plot`] (the
+//! SVG) and [`part`] (the ucx rows, measured by ferry-bench-ucx and read back).
 
 #![forbid(unsafe_code)]
 
