@@ -46,6 +46,15 @@
 //! to progress, which costs microseconds). A longer pause trades that CPU for up to that much
 //! extra delay before a passive operation sees its notification.
 //!
+//! # Device memory
+//! With the `cuda` feature, descriptors over CUDA device memory are registered with NIXL as
+//! `VRAM` (device id = the CUDA ordinal) and named so in transfer lists, so NIXL's UCX plugin
+//! takes its GPU paths (GPUDirect RDMA where the NIC has it, CUDA copies on one host). The
+//! streams of local device memory are synchronised before NIXL touches it. The backend lists
+//! [`DeviceKind::Cuda`] only where the UCX plugin lists VRAM and a CUDA device is present
+//! ([`NixlBackend::cuda_support`] says why not); elsewhere validation refuses device memory.
+//! **Not verified on a GPU yet.**
+//!
 //! # What NIXL cannot do here
 //! - **Revocation.** Ending a passive operation deregisters its memory, but nothing NIXL or
 //!   UCX offers stops a peer that holds its metadata: UCX's CMA transport (one host) and its
@@ -78,8 +87,8 @@ use std::time::{Duration, Instant};
 
 use ferry_core::state::Event;
 use ferry_core::{
-    BoxFuture, Capabilities, Descriptor, DeviceKind, EndpointBlob, Error, Exposed, NotificationKey,
-    OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
+    BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed,
+    NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
 };
 use nixl_sys::{
     Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, OptArgs,
@@ -153,11 +162,21 @@ fn backend_error(e: NixlError, side: Side, what: &str) -> Error {
     }
 }
 
-/// A host region as nixl-sys wants it described.
+/// A region as nixl-sys wants it described: host memory (DRAM) or a CUDA device's (VRAM).
 #[derive(Debug)]
 struct Raw {
     addr: usize,
     len: usize,
+    mem: MemType,
+    device: u64,
+}
+
+/// NIXL's memory type and device id for memory on `device`.
+fn mem_of(device: Device) -> (MemType, u64) {
+    match device {
+        Device::Cpu => (MemType::Dram, 0),
+        Device::Cuda(ordinal) => (MemType::Vram, u64::from(ordinal)),
+    }
 }
 
 impl MemoryRegion for Raw {
@@ -172,11 +191,44 @@ impl MemoryRegion for Raw {
 
 impl NixlDescriptor for Raw {
     fn mem_type(&self) -> MemType {
-        MemType::Dram
+        self.mem
     }
 
     fn device_id(&self) -> u64 {
-        0
+        self.device
+    }
+}
+
+/// Whether `ucx` (a backend of `agent`) can register and move CUDA device memory here.
+#[cfg(feature = "cuda")]
+fn cuda_support(agent: &Agent, ucx: &nixl_sys::Backend) -> Result<(), String> {
+    let (mems, _) = agent
+        .get_backend_params(ucx)
+        .map_err(|e| format!("NIXL does not say which memory its UCX backend handles: {e}"))?;
+    let count = mems.len().unwrap_or(0);
+    if !(0..count).any(|i| matches!(mems.get(i), Ok(MemType::Vram))) {
+        return Err("NIXL's UCX backend does not list VRAM among its memory types".into());
+    }
+    ferry_core::cuda::device_count()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Without the `cuda` feature there are no device descriptors to move.
+#[cfg(not(feature = "cuda"))]
+fn cuda_support(_agent: &Agent, _ucx: &nixl_sys::Backend) -> Result<(), String> {
+    Err("ferry-backend-nixl was built without its `cuda` feature".into())
+}
+
+/// Waits for the work queued on the streams of `local`'s device memory before NIXL (whose
+/// copies do not run on those streams) reads or writes it.
+fn settle_streams(local: &[Descriptor<'_>]) -> Result<(), Error> {
+    #[cfg(feature = "cuda")]
+    return ferry_core::cuda::synchronize_streams(local);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = local;
+        Ok(())
     }
 }
 
@@ -310,6 +362,8 @@ struct Shared {
     peers: Mutex<Peers>,
     entropy: Mutex<Entropy>,
     owner_spin: Duration,
+    /// Whether device memory can be registered and moved, or why not.
+    cuda_support: Result<(), String>,
 }
 
 /// ferry's NIXL backend: one agent with the UCX plugin, and its progress thread.
@@ -346,16 +400,20 @@ impl NixlBackend {
         let (_, params) = agent
             .get_plugin_params("UCX")
             .map_err(|e| unavailable(format!("NIXL has no UCX plugin: {e}")))?;
-        agent
+        let ucx = agent
             .create_backend("UCX", &params)
             .map_err(|e| unavailable(format!("creating the UCX backend: {e}")))?;
+        let cuda_support = cuda_support(&agent, &ucx);
         let progress = Progress::new(agent.clone(), config.max_poll_interval, config.owner_spin);
         let shared = Arc::new(Shared {
             agent,
             progress: progress.clone(),
             capabilities: Capabilities {
                 backend: NAME,
-                devices: vec![DeviceKind::Host],
+                devices: match cuda_support {
+                    Ok(()) => vec![DeviceKind::Host, DeviceKind::Cuda],
+                    Err(_) => vec![DeviceKind::Host],
+                },
                 passive_observes_start: false,
                 passive_observes_peer_loss: false,
                 enforces_revocation: false,
@@ -374,6 +432,7 @@ impl NixlBackend {
             }),
             entropy: Mutex::new(Entropy { source: entropy }),
             owner_spin: config.owner_spin,
+            cuda_support,
         });
         let thread = std::thread::Builder::new()
             .name(format!("ferry-nixl-{}", config.agent_name))
@@ -383,6 +442,14 @@ impl NixlBackend {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// Whether this backend moves CUDA device memory (its capabilities then list
+    /// [`DeviceKind::Cuda`]), or why not: this needs the `cuda` feature, a NIXL UCX plugin that
+    /// lists VRAM among its memory types, and a CUDA device. Where it does not, validation
+    /// refuses device descriptors with `UnsupportedDevice` before any operation exists.
+    pub fn cuda_support(&self) -> Result<(), String> {
+        self.shared.cuda_support.clone()
     }
 
     /// The agent's name.
@@ -556,9 +623,12 @@ impl ferry_core::Backend for NixlBackend {
                 backend: NAME,
             });
         }
+        let (mem, device) = mem_of(region.device);
         let raw = Raw {
             addr: region.addr as usize,
             len: region.len as usize,
+            mem,
+            device,
         };
         let handle = self
             .shared
@@ -585,37 +655,40 @@ impl ferry_core::Backend for NixlBackend {
         &'a self,
         _kind: OperationKind,
         key: NotificationKey,
-        _local: &'a [Descriptor<'_>],
+        local: &'a [Descriptor<'_>],
         _deadline: Option<Duration>,
     ) -> BoxFuture<'a, Result<Exposed, Error>> {
-        let exposed = self.shared.local_endpoint().map(|endpoint| {
-            let progress = &self.shared.progress;
-            // Its owner is about to poll for the notification itself (and so progress the
-            // agent); the thread stands by for an owner's window.
-            let now = Instant::now();
-            let watch_from = now + progress.owner_spin;
-            let mut state = progress.lock();
-            state.keep_warm(now);
-            state.passive.insert(
-                key,
-                PassiveSlot {
-                    outcome: None,
-                    waker: None,
-                    watch_from: Some(watch_from),
-                },
-            );
-            progress.wake_by(&mut state, watch_from);
-            drop(state);
-            Exposed {
-                endpoint,
-                transfer: Box::new(PassiveTransfer {
-                    progress: self.shared.progress.clone(),
+        let settled = settle_streams(local);
+        let exposed = settled
+            .and_then(|()| self.shared.local_endpoint())
+            .map(|endpoint| {
+                let progress = &self.shared.progress;
+                // Its owner is about to poll for the notification itself (and so progress the
+                // agent); the thread stands by for an owner's window.
+                let now = Instant::now();
+                let watch_from = now + progress.owner_spin;
+                let mut state = progress.lock();
+                state.keep_warm(now);
+                state.passive.insert(
                     key,
-                    ended: false,
-                    spin: Spin::new(self.shared.owner_spin),
-                }) as Box<dyn Transfer>,
-            }
-        });
+                    PassiveSlot {
+                        outcome: None,
+                        waker: None,
+                        watch_from: Some(watch_from),
+                    },
+                );
+                progress.wake_by(&mut state, watch_from);
+                drop(state);
+                Exposed {
+                    endpoint,
+                    transfer: Box::new(PassiveTransfer {
+                        progress: self.shared.progress.clone(),
+                        key,
+                        ended: false,
+                        spin: Spin::new(self.shared.owner_spin),
+                    }) as Box<dyn Transfer>,
+                }
+            });
         Box::pin(async move { exposed })
     }
 
@@ -735,13 +808,18 @@ struct NixlPeer {
     agent: AgentRef,
 }
 
+/// A transfer list over `regions` (address, length, device). NIXL takes one memory type per
+/// list: validation has already refused lists that mix host and device memory, so the first
+/// region's type is every region's (an empty list is host memory).
 fn descriptor_list<'d>(
-    regions: impl Iterator<Item = (usize, usize)>,
+    regions: impl Iterator<Item = (usize, usize, Device)>,
 ) -> Result<XferDescList<'d>, Error> {
-    let mut list = XferDescList::new(MemType::Dram)
+    let mut regions = regions.peekable();
+    let (mem, _) = mem_of(regions.peek().map_or(Device::Cpu, |(_, _, device)| *device));
+    let mut list = XferDescList::new(mem)
         .map_err(|e| backend_error(e, Side::Local, "creating a descriptor list"))?;
-    for (addr, len) in regions {
-        list.add_desc(addr, len, 0);
+    for (addr, len, device) in regions {
+        list.add_desc(addr, len, mem_of(device).1);
     }
     Ok(list)
 }
@@ -753,12 +831,17 @@ impl NixlPeer {
         remote: &RdmaMetadata,
         local: &[Descriptor<'_>],
     ) -> Result<ActiveTransfer, Error> {
-        let local_list = descriptor_list(local.iter().map(|d| (d.addr() as usize, d.len())))?;
+        settle_streams(local)?;
+        let local_list = descriptor_list(
+            local
+                .iter()
+                .map(|d| (d.addr() as usize, d.len(), d.device())),
+        )?;
         let remote_list = descriptor_list(
             remote
                 .descriptors
                 .iter()
-                .map(|d| (d.ptr as usize, d.size as usize)),
+                .map(|d| (d.ptr as usize, d.size as usize, d.device)),
         )?;
         let mut args = OptArgs::new().map_err(|e| backend_error(e, Side::Local, "opt args"))?;
         args.set_notification_message(&remote.notification_key.completion_message())

@@ -72,6 +72,28 @@ pub fn context(ordinal: u32) -> Result<Arc<CudaContext>, Error> {
     guarded(|| CudaContext::new(ordinal as usize))?.map_err(|e| driver_error(&e))
 }
 
+/// Waits until the work queued on the CUDA streams of `descriptors` has finished, so that a
+/// backend whose copies run outside those streams (UCX's and NIXL's own streams, an RDMA
+/// NIC) reads what the caller's kernels wrote and writes nothing they still read. Host
+/// descriptors need nothing; each stream is waited for once.
+pub fn synchronize_streams(descriptors: &[crate::Descriptor<'_>]) -> Result<(), Error> {
+    use cudarc::driver::DeviceSlice as _;
+    let mut waited: Vec<usize> = Vec::new();
+    for descriptor in descriptors {
+        let Some(view) = descriptor.cuda_view() else {
+            continue;
+        };
+        let stream = view.stream();
+        let id = Arc::as_ptr(stream) as usize;
+        if waited.contains(&id) {
+            continue;
+        }
+        stream.synchronize().map_err(|e| driver_error(&e))?;
+        waited.push(id);
+    }
+    Ok(())
+}
+
 /// A CUDA driver error as ferry's: [`Error::Backend`] named [`DRIVER`], with the driver's own
 /// code (`CUresult`) and message.
 pub fn driver_error(error: &DriverError) -> Error {

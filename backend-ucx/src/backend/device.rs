@@ -135,30 +135,15 @@ impl DeviceContext {
 
 /// Waits until the work queued on the CUDA streams of `descriptors` has finished, so that UCX
 /// (whose copies run on streams of its own) reads what the caller's kernels wrote and writes
-/// nothing they still read. Host descriptors need nothing; each stream is waited for once.
+/// nothing they still read ([`ferry_core::cuda::synchronize_streams`]).
 pub(super) fn settle_streams(descriptors: &[Descriptor<'_>]) -> Result<(), Error> {
     #[cfg(feature = "cuda")]
-    {
-        use ferry_core::cuda::cudarc::driver::DeviceSlice as _;
-        let mut waited: Vec<usize> = Vec::new();
-        for descriptor in descriptors {
-            let Some(view) = descriptor.cuda_view() else {
-                continue;
-            };
-            let stream = view.stream();
-            let id = Arc::as_ptr(stream) as usize;
-            if waited.contains(&id) {
-                continue;
-            }
-            stream
-                .synchronize()
-                .map_err(|e| ferry_core::cuda::driver_error(&e))?;
-            waited.push(id);
-        }
-    }
+    return ferry_core::cuda::synchronize_streams(descriptors);
     #[cfg(not(feature = "cuda"))]
-    let _ = descriptors;
-    Ok(())
+    {
+        let _ = descriptors;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use ferry::{Connector, Descriptor};
 
 /// `reader` reads 4 KiB of `seed`'s pattern from a readable of `owner`, both sides to
 /// completion, and checks the bytes.
+#[allow(dead_code)] // not every test that includes this module uses it
 pub async fn read_cycle(reader: &Connector, owner: &Connector, seed: u64) {
     let source = ferry::demo::pattern(4096, seed);
     let mut landing = vec![0u8; 4096];
@@ -44,3 +45,7 @@ pub async fn nixl_connector(
         .expect("a nixl Connector");
     (connector, backend)
 }
+
+#[cfg(feature = "cuda")]
+#[allow(dead_code)] // not every test that includes this module uses it
+pub mod cuda;
