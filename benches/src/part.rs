@@ -168,7 +168,6 @@ mod measure {
     use crate::local::{self, LocalBackend, Pair};
     use crate::peer::Direction;
     use crate::progress::Progress;
-    use crate::report::Machine;
     use crate::split::{self, RowsOf, Until};
     use crate::suite::{ucx_bandwidth_test, AcrossRow, Floor, Suite, UCX_LATENCY_BOUND};
     use crate::ucx::perftest;
@@ -187,21 +186,8 @@ mod measure {
     pub async fn ucx(request: PartRequest, error_handling: ErrorHandling) -> Result<Suite> {
         let started = Instant::now();
         let config = ferry::ucx::UcxConfig { error_handling };
-        let mut suite = Suite {
-            command: crate::cli::command_line(),
-            date: crate::clock::utc_now(),
-            machine: Machine::detect(),
-            memcpy: Vec::new(),
-            iperf: Err("not measured by this part".into()),
-            ping_pong: None,
-            local: Vec::new(),
-            across: Vec::new(),
-            handoff: Vec::new(),
-            kv_across: Vec::new(),
-            floors: Vec::new(),
-            skipped: Vec::new(),
-            wall: Duration::ZERO,
-        };
+        let command = crate::cli::command_line();
+        let mut suite = Suite::empty(command, crate::clock::utc_now());
         if let Err(why) = ferry::ucx::available_with(&config) {
             suite.skipped.push(format!("ucx: {why}"));
             return Ok(suite);

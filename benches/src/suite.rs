@@ -175,6 +175,26 @@ fn bytes_cell(verified: bool) -> &'static str {
 }
 
 impl Suite {
+    /// A run of `command` started at `date` that has measured nothing yet: no rows, no
+    /// baselines (iperf3 `not measured`), on this machine.
+    pub fn empty(command: String, date: String) -> Suite {
+        Suite {
+            command,
+            date,
+            machine: Machine::detect(),
+            memcpy: Vec::new(),
+            iperf: Err("not measured".into()),
+            ping_pong: None,
+            local: Vec::new(),
+            across: Vec::new(),
+            handoff: Vec::new(),
+            kv_across: Vec::new(),
+            floors: Vec::new(),
+            skipped: Vec::new(),
+            wall: Duration::ZERO,
+        }
+    }
+
     /// The memcpy rate at `size`, bytes per second, if measured.
     pub fn memcpy_rate(&self, size: usize) -> Option<f64> {
         self.memcpy
