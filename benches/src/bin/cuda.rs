@@ -1,6 +1,7 @@
 //! `ferry-bench-cuda`: CUDA device memory over ferry's tcp backend (staged through host
 //! buffers), device to device, host to device and device to host, in one process and across
-//! two, beside plain CUDA copies and loopback TCP of the same size measured in the same run.
+//! two, and over nixl (registered as VRAM) device to device in one process, beside plain CUDA
+//! copies and loopback TCP of the same size measured in the same run.
 //! Where no GPU is usable it prints `skipped: <reason>` and exits 0.
 //!
 //! ```sh
@@ -27,7 +28,7 @@ use ferry_benches::units::format_size;
 use ferry_benches::{clock, Result};
 use serde_json::json;
 
-use cuda::{Path, Peer, Row, ONE_PROCESS, TWO_PROCESSES};
+use cuda::{Backend, Path, Peer, Row, ONE_PROCESS, TWO_PROCESSES};
 
 /// Sizes of a full run and of `--quick`.
 const FULL: [usize; 2] = [64 << 20, 256 << 20];
@@ -36,7 +37,7 @@ const QUICK: [usize; 1] = [16 << 20];
 #[derive(Parser, Debug)]
 #[command(
     name = "ferry-bench-cuda",
-    about = "device memory over ferry's tcp backend, beside CUDA copies and loopback TCP \
+    about = "device memory over ferry's tcp and nixl backends, beside CUDA copies and loopback TCP \
              measured in the same run"
 )]
 struct Args {
@@ -79,7 +80,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn row(what: String, size: usize, summary: Option<Summary>, reference: Option<f64>) -> Vec<Row> {
+/// The reference of the staged tcp rows.
+const TCP_REFERENCE: &str = "min(loopback TCP, H2D)";
+
+/// The reference of the nixl rows.
+const NIXL_REFERENCE: &str = "D2D copy";
+
+fn row(
+    what: String,
+    size: usize,
+    summary: Option<Summary>,
+    reference: Option<(f64, &'static str)>,
+) -> Vec<Row> {
     summary
         .map(|summary| {
             let mut row = Row {
@@ -87,8 +99,9 @@ fn row(what: String, size: usize, summary: Option<Summary>, reference: Option<f6
                 size,
                 summary,
                 ratio: None,
+                reference: reference.map_or("", |(_, name)| name),
             };
-            row.ratio = reference.map(|r| row.rate() / r);
+            row.ratio = reference.map(|(rate, _)| row.rate() / rate);
             row
         })
         .into_iter()
@@ -103,7 +116,11 @@ fn path_row(
     summary: Option<Summary>,
     reference: Option<f64>,
 ) -> Vec<Row> {
-    let judged = path.staged().then_some(reference).flatten();
+    let judged = path
+        .staged()
+        .then_some(reference)
+        .flatten()
+        .map(|rate| (rate, TCP_REFERENCE));
     row(
         format!("tcp {} ({place})", path.name()),
         size,
@@ -140,11 +157,16 @@ async fn run(args: Args, stream: Arc<CudaStream>) -> Result<()> {
         true => None,
         false => Some(Peer::spawn()?),
     };
-    let connector = cuda::connector().await?;
+    let connector = cuda::connector(Backend::Tcp).await?;
+    let nixl = cuda::nixl_support();
+    if let Err(why) = &nixl {
+        println!("nixl rows skipped: {why}");
+    }
     let mut rows = Vec::new();
     for &size in &sizes {
         let [h2d, d2h, d2d] = cuda::cuda_copies(&stream, size, plan)?;
         let h2d_rate = h2d.as_ref().map(|s| s.throughput(size));
+        let d2d_rate = d2d.as_ref().map(|s| s.throughput(size));
         let tcp = match iperf {
             Some(i) => Some((i.bytes_per_second(), None)),
             None => cuda::tokio_stream(size, plan)
@@ -168,8 +190,20 @@ async fn run(args: Args, stream: Arc<CudaStream>) -> Result<()> {
             ));
         }
         for path in ONE_PROCESS {
-            let summary = cuda::one_process(&stream, path, size, plan).await?;
+            let summary = cuda::one_process(&stream, Backend::Tcp, path, size, plan).await?;
             rows.extend(path_row(path, "1 process", size, summary, reference));
+        }
+        if nixl.is_ok() {
+            let d2d_rate = d2d_rate.map(|rate| (rate, NIXL_REFERENCE));
+            for path in ONE_PROCESS.into_iter().filter(|p| p.from_gpu && p.to_gpu) {
+                let summary = cuda::one_process(&stream, Backend::Nixl, path, size, plan).await?;
+                rows.extend(row(
+                    format!("nixl {} (1 process)", path.name()),
+                    size,
+                    summary,
+                    d2d_rate,
+                ));
+            }
         }
         if let Some(peer) = peer.as_mut() {
             for path in TWO_PROCESSES {
@@ -204,8 +238,8 @@ async fn run(args: Args, stream: Arc<CudaStream>) -> Result<()> {
             format!(
                 "# ferry-bench-cuda\n\n`{}` on {started}, device 0: {device}\n\n{table}\n\
                  Host copies use pageable memory (no pinned baseline: cudarc's pinned \
-                 allocation is unsafe); the ratio is over the lower of loopback TCP and the \
-                 H2D copy.\n",
+                 allocation is unsafe); a tcp row's ratio is over the lower of loopback TCP and \
+                 the H2D copy, a nixl row's over the D2D copy.\n",
                 command_line()
             )
         },
