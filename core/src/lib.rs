@@ -67,7 +67,7 @@ pub use keys::KeyTable;
 pub use metadata::{
     EndpointBlob, RdmaMetadata, RemoteDescriptor, MAX_DESCRIPTORS, MAX_METADATA_JSON,
 };
-pub use registration::{CacheStats, Lease, PinTicket, RegistrationCache};
+pub use registration::{coalesce, CacheStats, Lease, PinTicket, RegistrationCache};
 pub use settlement::{Settlement, Settler};
 pub use status::{OperationKind, OperationStatus};
 pub use validate::{validate_active, validate_passive};

@@ -272,8 +272,77 @@ impl<H> RegistrationCache<H> {
     }
 }
 
+/// The regions an operation registers for `regions`: those that overlap or touch on the same
+/// device merged into one, each with the indices of the regions it covers. Merging only
+/// adjacent or overlapping memory covers exactly the bytes offered, never a gap between them,
+/// while one registration serves a buffer split into many descriptors (a tensor cut into
+/// 4096 pieces registers once, and a peer's metadata names one region, not 4096).
+///
+/// ```
+/// use ferry_core::{coalesce, Device, Region};
+/// let r = |addr, len| Region { addr, len, device: Device::Cpu };
+/// let merged = coalesce(&[r(200, 50), r(100, 100), r(400, 8)]);
+/// assert_eq!(merged, vec![(r(100, 150), vec![1, 0]), (r(400, 8), vec![2])]);
+/// ```
+pub fn coalesce(regions: &[Region]) -> Vec<(Region, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..regions.len()).collect();
+    order.sort_by_key(|&i| (regions[i].device, regions[i].addr));
+    let mut merged: Vec<(Region, Vec<usize>)> = Vec::new();
+    for i in order {
+        let next = regions[i];
+        let next_end = next.addr.saturating_add(next.len);
+        match merged.last_mut() {
+            Some((current, members))
+                if current.device == next.device
+                    && next.addr <= current.addr.saturating_add(current.len) =>
+            {
+                let end = current.addr.saturating_add(current.len).max(next_end);
+                current.len = end - current.addr;
+                members.push(i);
+            }
+            _ => merged.push((next, vec![i])),
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
+    fn host(addr: u64, len: u64) -> Region {
+        Region {
+            addr,
+            len,
+            device: Device::Cpu,
+        }
+    }
+
+    #[test]
+    fn coalescing_merges_touching_and_overlapping_memory_only() {
+        // Adjacent pieces of one buffer, in any order: one region.
+        let pieces: Vec<Region> = (0..8).rev().map(|i| host(1000 + 64 * i, 64)).collect();
+        assert_eq!(
+            coalesce(&pieces),
+            vec![(host(1000, 512), (0..8).rev().collect())]
+        );
+        // A gap stays a gap; overlaps and containment merge; devices never merge.
+        let cuda = Region {
+            addr: 100,
+            len: 10,
+            device: Device::Cuda(0),
+        };
+        let merged = coalesce(&[host(100, 10), host(111, 5), host(105, 2), cuda, host(0, 0)]);
+        assert_eq!(
+            merged,
+            vec![
+                (host(0, 0), vec![4]),
+                (host(100, 10), vec![0, 2]),
+                (host(111, 5), vec![1]),
+                (cuda, vec![3]),
+            ]
+        );
+        assert!(coalesce(&[]).is_empty());
+    }
+
     use super::*;
     use crate::device::Device;
     use proptest::prelude::*;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use ferry_core::state::{Event, Role};
 use ferry_core::{
-    validate_active, validate_passive, Backend, CacheStats, Capabilities, Descriptor, Error, Lease,
-    OperationKind, PinTicket, RdmaMetadata, Region, RegistrationCache, RegistrationId,
-    RemoteDescriptor,
+    coalesce, validate_active, validate_passive, Backend, CacheStats, Capabilities, Descriptor,
+    Error, Lease, OperationKind, PinTicket, RdmaMetadata, Region, RegistrationCache,
+    RegistrationId, RemoteDescriptor,
 };
 
 use crate::operation::{OpCore, Operation, Read, Readable, Writable, Write};
@@ -339,28 +339,57 @@ impl Inner {
         self.counters.deregistered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Leases a registration for each region an operation uses, registering what no live
-    /// registration covers. The leases are released when the operation ends.
+    /// Leases registrations covering every region an operation uses, registering what no
+    /// live registration covers, and releases them when the operation ends. Regions that
+    /// touch or overlap are registered as one ([`coalesce`]) unless live registrations
+    /// already cover each of them (a pool pinned piece by piece).
     fn register_for_op(&self, regions: &[Region]) -> Result<Vec<Lease>, Error> {
         let mut leases = Vec::with_capacity(regions.len());
-        for region in regions {
-            if let Some(lease) = self.cache().lookup(region) {
-                leases.push(lease);
-                continue;
-            }
-            match self.register(*region) {
-                Ok(id) => {
-                    let (lease, evicted) = self.cache().insert(*region, id);
-                    evicted.into_iter().for_each(|id| self.deregister(id));
-                    leases.push(lease);
-                }
-                Err(e) => {
-                    self.release(leases);
-                    return Err(e);
-                }
+        for (merged, members) in coalesce(regions) {
+            if let Err(e) = self.lease_group(merged, &members, regions, &mut leases) {
+                self.release(leases);
+                return Err(e);
             }
         }
         Ok(leases)
+    }
+
+    /// Leases for one group of touching regions: `merged`'s own registration if one covers
+    /// it, else those covering each member if all are live, else a new registration of
+    /// `merged`.
+    fn lease_group(
+        &self,
+        merged: Region,
+        members: &[usize],
+        regions: &[Region],
+        leases: &mut Vec<Lease>,
+    ) -> Result<(), Error> {
+        if let Some(lease) = self.cache().lookup(&merged) {
+            leases.push(lease);
+            return Ok(());
+        }
+        if members.len() > 1 {
+            let mut cache = self.cache();
+            let found: Vec<Lease> = members
+                .iter()
+                .map_while(|&i| cache.lookup(&regions[i]))
+                .collect();
+            if found.len() == members.len() {
+                leases.extend(found);
+                return Ok(());
+            }
+            let unwanted: Vec<RegistrationId> = found
+                .into_iter()
+                .flat_map(|lease| cache.release(lease))
+                .collect();
+            drop(cache);
+            unwanted.into_iter().for_each(|id| self.deregister(id));
+        }
+        let id = self.register(merged)?;
+        let (lease, evicted) = self.cache().insert(merged, id);
+        evicted.into_iter().for_each(|id| self.deregister(id));
+        leases.push(lease);
+        Ok(())
     }
 
     /// Releases an operation's leases, deregistering what no one wants any more.
