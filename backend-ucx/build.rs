@@ -52,6 +52,10 @@ const FUNCTIONS: &[&str] = &[
     // effective configuration (`UCX_PROTO_ENABLE`).
     "ucp_context_query",
     "ucp_config_print",
+    // UCX's log goes to standard output by default; ferry sends it to standard error
+    // (`safe::log_to_stderr`), formatting each message with vsnprintf.
+    "ucs_log_push_handler",
+    "vsnprintf",
 ];
 
 /// Enums whose constants the safe layer names (generated as modules of constants, never Rust
@@ -74,6 +78,8 @@ const ENUMS: &[&str] = &[
     "ucp_am_handler_param_field",
     "ucp_context_attr_field",
     "ucs_config_print_flags_t",
+    "ucs_log_level_t",
+    "ucs_log_func_rc_t",
 ];
 
 fn main() {

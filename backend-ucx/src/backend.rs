@@ -159,12 +159,13 @@ fn thread_gone() -> Error {
     }
 }
 
-/// Whether UCX can be used on this machine with the default [`UcxConfig`]: a context and two
-/// workers can be made, and one can connect to the other in peer error mode (under
-/// `UCX_TLS=posix,cma,self` or `UCX_TLS=cma`, say, none can). Checked once per process; a peer on
-/// another host may still be unreachable.
+/// Whether UCX can be used on this machine with the [`UcxConfig`] of this process's
+/// environment ([`UcxConfig::from_env`]; by default peer error mode): a context and two
+/// workers can be made, and one can connect to the other (in peer error mode, under
+/// `UCX_TLS=posix,cma,self` or `UCX_TLS=cma`, say, none can). Checked once per process; a peer
+/// on another host may still be unreachable.
 pub fn available() -> Result<(), String> {
-    available_with(&UcxConfig::default())
+    available_with(&UcxConfig::from_env()?)
 }
 
 /// [`available`] for a backend made with `config`.
@@ -280,10 +281,15 @@ impl std::fmt::Debug for UcxBackend {
 
 impl UcxBackend {
     /// Creates the context and worker (UCX reads `UCX_*` from the environment) on a new
-    /// progress thread, with the default [`UcxConfig`]. `BackendUnavailable` where UCX is
-    /// missing.
+    /// progress thread, with the [`UcxConfig`] of this process's environment
+    /// ([`UcxConfig::from_env`]: the default unless `FERRY_UCX_ERROR_HANDLING` is set).
+    /// `BackendUnavailable` where UCX is missing or that variable names no mode.
     pub fn new() -> Result<UcxBackend, Error> {
-        UcxBackend::with_config(UcxConfig::default())
+        let config = UcxConfig::from_env().map_err(|reason| Error::BackendUnavailable {
+            backend: NAME,
+            reason,
+        })?;
+        UcxBackend::with_config(config)
     }
 
     /// [`UcxBackend::new`] with `config`.

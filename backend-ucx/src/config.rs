@@ -27,15 +27,54 @@ pub enum ErrorHandling {
     /// lost peer is then not observed (see [`ErrorHandling::None`]).
     PeerIfSupported,
     /// Never: UCX may select every transport (shared memory and CMA on one host even under
-    /// its defaults), but a lost peer is not reported. Seen on this host (UCX 1.13,
-    /// `UCX_TLS=posix,cma,self`, ferry's two-process conformance suite with
-    /// `PeerIfSupported`): during the rules that kill a peer the surviving test process
-    /// aborted (SIGABRT) after UCX logged "mm ep failed to connect to remote FIFO", and rules
-    /// pairing the two processes hung, though ferry-bench-ucx moved and verified bytes across
-    /// two processes there. Not the default for that reason; use it where the peers'
-    /// lifetimes are tied together.
+    /// its defaults), but a lost peer is not reported. Not the default for that reason; use
+    /// it where the peers' lifetimes are tied together.
+    ///
+    /// What ferry's two-process conformance suite does without peer error handling (UCX 1.13,
+    /// `UCX_TLS=posix,cma,self`, `FERRY_UCX_ERROR_HANDLING=peer-if-supported`): its earlier
+    /// hangs were UCX's log on a backend host's standard output, the suite's protocol pipe
+    /// (UCX prints there by default; ferry now sends it to standard error, see
+    /// `safe::log_to_stderr`). With that fixed the suite ends in 9 s: 135 of its 146 rules
+    /// pass and 11 fail fast with typed errors, all in its `remote_first` half (the first
+    /// Connector in the backend host): `UCS_ERR_UNSUPPORTED` from `ucp_ep_create` after UCX logs
+    /// "asymmetric endpoint configuration is not supported, error handling level mismatch",
+    /// `UCS_ERR_SHMEM_SEGMENT` against a killed peer's shared memory (its /proc fd is gone),
+    /// and a read of a dropped readable that completes with the wrong bytes (CMA reads the
+    /// passive process's memory whatever happened to it: the revocation gap SPEC §9 names).
     None,
 }
+
+impl ErrorHandling {
+    /// Every mode, the default first.
+    pub const ALL: [ErrorHandling; 3] = [
+        ErrorHandling::Peer,
+        ErrorHandling::PeerIfSupported,
+        ErrorHandling::None,
+    ];
+
+    /// The mode's name, as [`ERROR_HANDLING_VAR`] spells it: `peer`, `peer-if-supported`,
+    /// `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorHandling::Peer => "peer",
+            ErrorHandling::PeerIfSupported => "peer-if-supported",
+            ErrorHandling::None => "none",
+        }
+    }
+
+    /// The mode named `name` ([`ErrorHandling::name`], surrounding whitespace ignored).
+    pub fn from_name(name: &str) -> Option<ErrorHandling> {
+        ErrorHandling::ALL
+            .into_iter()
+            .find(|mode| mode.name() == name.trim())
+    }
+}
+
+/// The environment variable that sets [`UcxConfig::error_handling`] for
+/// [`UcxConfig::from_env`] (and so for [`UcxBackend::new`](crate::UcxBackend::new),
+/// [`available`](crate::available) and `Connector::auto`): `peer`, `peer-if-supported` or
+/// `none`. Unset, the default ([`ErrorHandling::Peer`]).
+pub const ERROR_HANDLING_VAR: &str = "FERRY_UCX_ERROR_HANDLING";
 
 /// How a [`UcxBackend`](crate::UcxBackend) is set up. UCX's own configuration (`UCX_TLS`,
 /// `UCX_NET_DEVICES`, ...) still comes from the environment.
@@ -43,6 +82,27 @@ pub enum ErrorHandling {
 pub struct UcxConfig {
     /// How endpoints treat a lost peer.
     pub error_handling: ErrorHandling,
+}
+
+impl UcxConfig {
+    /// The default configuration with what this process's environment sets: the error
+    /// handling [`ERROR_HANDLING_VAR`] names. A value that names no mode is an error saying
+    /// so, never silently the default.
+    pub fn from_env() -> Result<UcxConfig, String> {
+        let error_handling = match std::env::var(ERROR_HANDLING_VAR) {
+            Err(std::env::VarError::NotPresent) => ErrorHandling::default(),
+            Ok(value) => ErrorHandling::from_name(&value).ok_or_else(|| {
+                format!(
+                    "{ERROR_HANDLING_VAR}={value:?} names no error handling (peer, \
+                     peer-if-supported, none)"
+                )
+            })?,
+            Err(std::env::VarError::NotUnicode(value)) => {
+                return Err(format!("{ERROR_HANDLING_VAR}={value:?} is not UTF-8"))
+            }
+        };
+        Ok(UcxConfig { error_handling })
+    }
 }
 
 /// Connects `worker` to `address` as `handling` says: the endpoint and whether it reports a
@@ -133,4 +193,23 @@ pub(crate) fn connect_wired(
         passive.progress()?;
     }
     Ok((endpoint, mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_handling_names_round_trip() {
+        for mode in ErrorHandling::ALL {
+            assert_eq!(ErrorHandling::from_name(mode.name()), Some(mode));
+            assert_eq!(
+                ErrorHandling::from_name(&format!(" {} ", mode.name())),
+                Some(mode)
+            );
+        }
+        assert_eq!(ErrorHandling::ALL[0], ErrorHandling::default());
+        assert_eq!(ErrorHandling::from_name("Peer"), None);
+        assert_eq!(ErrorHandling::from_name(""), None);
+    }
 }

@@ -60,7 +60,10 @@
 //!
 //! # Configuration
 //! UCX reads its own environment (`UCX_TLS`, `UCX_NET_DEVICES`, ...) in `ucp_config_read`;
-//! nothing here overrides it. On one host with loopback only, `UCX_NET_DEVICES=lo` keeps
+//! nothing here overrides it. [`UcxBackend::new`] and [`available`] take ferry's own settings
+//! from [`UcxConfig::from_env`] (`FERRY_UCX_ERROR_HANDLING`: `peer`, the default,
+//! `peer-if-supported` or `none`). UCX's log goes to standard error, not to UCX's default,
+//! standard output, unless `UCX_LOG_FILE` is set ([`safe::log_to_stderr`]). On one host with loopback only, `UCX_NET_DEVICES=lo` keeps
 //! connection set-up on `tcp/lo`. [`transports()`] reports which transports that enabled and
 //! which UCX selects for the backend's endpoints (`ferry probe` shows it).
 //!
@@ -86,7 +89,7 @@ mod error;
 mod transports;
 pub use backend::{available, available_with, UcxBackend, UcxStats, DRAIN};
 pub use blob::NAME;
-pub use config::{ErrorHandling, UcxConfig};
+pub use config::{ErrorHandling, UcxConfig, ERROR_HANDLING_VAR};
 pub use error::Error;
 pub use transports::{transports, Lane, Transports};
 

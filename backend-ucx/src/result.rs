@@ -633,6 +633,18 @@ pub unsafe fn ep_info(ep: NonNull<sys::ucp_ep>) -> Result<String> {
     }
 }
 
+/// `ucs_log_push_handler`: `handler` sees every log message UCX dispatches from now on, before
+/// the handlers pushed earlier (UCX's own, which prints to `UCX_LOG_FILE`, standard output by
+/// default); a handler returning `UCS_LOG_FUNC_RC_STOP` ends the message there.
+///
+/// # Safety
+/// `handler` may be called from any thread, at any time, for the life of the process, and
+/// must not unwind.
+pub unsafe fn log_push_handler(handler: sys::ucs_log_func_t) {
+    // SAFETY: per the caller's contract; UCX keeps the function pointer only.
+    unsafe { sys::ucs_log_push_handler(handler) }
+}
+
 /// The UCX library's version (`ucp_get_version`), as `(major, minor, release)`.
 pub fn version() -> (u32, u32, u32) {
     let (mut major, mut minor, mut release) = (0, 0, 0);

@@ -97,6 +97,83 @@ fn settings(printed: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Sends UCX's log messages to standard error instead of UCX's default, standard output, once
+/// per process, unless `UCX_LOG_FILE` says where they go: a process whose standard output is
+/// a data channel (a peer speaking a protocol, JSON lines) must not find UCX's lines in it.
+/// Messages at or above UCX's fatal level still go to UCX's own handler. [`Context::new`]
+/// calls it.
+///
+/// Found by ferry's two-process conformance suite under `UCX_TLS=posix,cma,self` with
+/// `ErrorHandling::PeerIfSupported`: the first connect of a backend host tried peer error mode,
+/// UCX logged `UCX  ERROR   no active messages transport ...` on the host's standard output,
+/// which was the pipe of the suite's framed protocol, and every rule in which the host
+/// connected hung.
+pub fn log_to_stderr() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("UCX_LOG_FILE").is_some() {
+        return;
+    }
+    ONCE.call_once(|| {
+        // SAFETY: `log_to_stderr_handler` is a plain function that never unwinds (it catches
+        // panics) and may run on any thread; it lives as long as the process.
+        unsafe { result::log_push_handler(Some(log_to_stderr_handler)) }
+    });
+}
+
+/// The handler [`log_to_stderr`] installs: formats the message (`vsnprintf`, truncated at 4
+/// KiB) and writes one line to standard error.
+unsafe extern "C" fn log_to_stderr_handler(
+    file: *const std::ffi::c_char,
+    line: std::ffi::c_uint,
+    _function: *const std::ffi::c_char,
+    level: sys::ucs_log_level_t::Type,
+    _component: *const sys::ucs_log_component_config_t,
+    message: *const std::ffi::c_char,
+    arguments: *mut sys::__va_list_tag,
+) -> sys::ucs_log_func_rc_t::Type {
+    use sys::ucs_log_level_t as levels;
+    if level == levels::UCS_LOG_LEVEL_FATAL || message.is_null() {
+        // UCX's own handler decides what a fatal message does.
+        return sys::ucs_log_func_rc_t::UCS_LOG_FUNC_RC_CONTINUE;
+    }
+    let mut buffer = [0 as std::ffi::c_char; 4096];
+    // SAFETY: `message` and `arguments` are the format and arguments UCX dispatches, used
+    // once; vsnprintf writes at most `buffer.len()` bytes, NUL included.
+    let written =
+        unsafe { sys::vsnprintf(buffer.as_mut_ptr(), buffer.len() as _, message, arguments) };
+    if written < 0 {
+        return sys::ucs_log_func_rc_t::UCS_LOG_FUNC_RC_CONTINUE;
+    }
+    let printed = panic::catch_unwind(|| {
+        // SAFETY: vsnprintf NUL-terminated the buffer; `file` is UCX's `__FILE__`, a static
+        // NUL-terminated string, or NULL.
+        let text = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) }.to_string_lossy();
+        let file = if file.is_null() {
+            "?".into()
+        } else {
+            // SAFETY: as above.
+            unsafe { std::ffi::CStr::from_ptr(file) }.to_string_lossy()
+        };
+        let file = file.rsplit('/').next().unwrap_or_default();
+        let name = match level {
+            levels::UCS_LOG_LEVEL_ERROR => "ERROR",
+            levels::UCS_LOG_LEVEL_WARN => "WARN ",
+            levels::UCS_LOG_LEVEL_DIAG => "DIAG ",
+            levels::UCS_LOG_LEVEL_INFO => "INFO ",
+            levels::UCS_LOG_LEVEL_DEBUG => "DEBUG",
+            levels::UCS_LOG_LEVEL_PRINT => "PRINT",
+            _ => "TRACE",
+        };
+        let pid = std::process::id();
+        let out = format!("[{pid}] {file}:{line} UCX  {name} {text}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), out.as_bytes());
+    });
+    match printed {
+        Ok(()) => sys::ucs_log_func_rc_t::UCS_LOG_FUNC_RC_STOP,
+        Err(_) => sys::ucs_log_func_rc_t::UCS_LOG_FUNC_RC_CONTINUE,
+    }
+}
+
 struct ContextInner {
     raw: NonNull<sys::ucp_context>,
 }
@@ -118,6 +195,7 @@ pub struct Context {
 impl Context {
     /// Reads UCX's configuration from the environment and initialises a context.
     pub fn new(options: &ContextOptions) -> Result<Self> {
+        log_to_stderr();
         // SAFETY: released below, once, whatever ucp_init returns.
         let config = unsafe { result::config_read() }?;
         let mut features = u64::from(sys::ucp_feature::UCP_FEATURE_RMA)
