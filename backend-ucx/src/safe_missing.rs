@@ -23,6 +23,9 @@ pub enum MemoryType {
     Cuda,
 }
 
+/// Nothing to do: this build has no UCX to log anything.
+pub fn log_to_stderr() {}
+
 /// Always [`Error::NotInstalled`] in this build.
 pub fn configuration() -> Result<Vec<(String, String)>> {
     Err(Error::NotInstalled {
