@@ -6,6 +6,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Held by each test while it writes executables and runs them. A test that forks while
+/// another's freshly written executable is still open for writing hands that descriptor to
+/// its child until the child's exec; running that executable meanwhile fails with "Text file
+/// busy" (ETXTBSY), which CI saw once.
+static EXEC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A fresh directory holding a copy of the `ferry` executable built for these tests.
 fn ferry_alone(name: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
@@ -18,6 +24,7 @@ fn ferry_alone(name: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn bench_runs_the_program_beside_ferry_with_the_remaining_arguments() {
+    let _exec = EXEC.lock().unwrap_or_else(|p| p.into_inner());
     let (dir, ferry) = ferry_alone("bench-delegates");
     let program = dir.join("ferry-bench");
     // Prints its arguments one per line and exits with a status of its own.
@@ -42,6 +49,7 @@ fn bench_runs_the_program_beside_ferry_with_the_remaining_arguments() {
 
 #[test]
 fn bench_without_the_program_says_how_to_build_it() {
+    let _exec = EXEC.lock().unwrap_or_else(|p| p.into_inner());
     let (dir, ferry) = ferry_alone("bench-missing");
     let output = Command::new(&ferry)
         .args(["bench", "--quick"])
