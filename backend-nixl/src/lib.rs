@@ -31,9 +31,11 @@
 //! # Progress
 //! The agent runs without NIXL's progress thread (nixl-sys's default spins a whole core).
 //! A task awaiting an operation first polls NIXL itself for [`NixlConfig::owner_spin`] (1 ms):
-//! back to back within 10 µs slices, giving up the CPU between looks and yielding to its
+//! back to back within 200 µs slices, giving up the CPU between looks and yielding to its
 //! runtime between slices, so a transfer that ends within it completes on the owner's thread,
-//! with no hop. After that, one ferry thread per backend polls notifications and posted
+//! with no hop. Between its own looks it also progresses this process's other agents that have
+//! an operation live, whose owners may be other futures of its own task (both sides of a
+//! transfer between two Connectors awaited with `join!`), polled only between slices. After that, one ferry thread per backend polls notifications and posted
 //! transfers, spinning only while a transfer is in flight, backing off (up to
 //! [`NixlConfig::max_poll_interval`]) while only passive operations wait, and blocked on a
 //! condition variable, using no CPU, when idle. While owners poll, the thread stays parked:
@@ -756,7 +758,10 @@ impl Transfer for PassiveTransfer {
                 return Poll::Ready(event);
             }
             match self.spin.next(slice) {
-                Look::Again => continue,
+                Look::Again => {
+                    self.progress.progress_others();
+                    continue;
+                }
                 Look::Later => {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
@@ -936,11 +941,17 @@ struct Spin {
     until: Option<Instant>,
 }
 
-/// The longest an owner looks back to back within one poll. Short, because other futures of
-/// the owner's task (the other side of a transfer awaited with `join!`, in one process) are
-/// polled only between slices: with 50 µs, a 4 KiB read between two Connectors of one task
-/// took a 184 µs p50 (each side spun out its slice while the other waited); with 10 µs, 58 µs.
-const SLICE: Duration = Duration::from_micros(10);
+/// The longest an owner looks back to back within one poll. Each slice ends in a wake-up
+/// through the owner's runtime (with a multi-threaded tokio runtime on 2 vCPUs, often a
+/// futex wake of another worker), so slices are long; other futures of the owner's task (the
+/// other side of a transfer awaited with `join!`) run only between slices, so the owner
+/// progresses their agents meanwhile ([`progress::Progress::progress_others`]).
+///
+/// Measured (4 KiB, cached registrations): between two Connectors of one task, 50 µs slices
+/// without that took a 184 µs p50, 10 µs slices 58 µs, 200 µs slices with it 28 µs; across two
+/// processes, 200 µs slices with it added 8–38 µs to the raw loop's p50 where 10 µs slices
+/// added 33–63 µs (three alternating runs each).
+const SLICE: Duration = Duration::from_micros(200);
 
 /// What an owner does after a look that found its operation still running.
 enum Look {
@@ -1063,7 +1074,10 @@ impl Transfer for ActiveTransfer {
                 Some(Ok(XferStatus::InProgress)) => {}
             }
             match self.spin.next(slice) {
-                Look::Again => continue,
+                Look::Again => {
+                    self.shared.progress.progress_others();
+                    continue;
+                }
                 Look::Later => {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;

@@ -23,7 +23,7 @@
 //!   polls once at once, then every millisecond, unless an owner is polling.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -152,6 +152,9 @@ impl State {
     }
 }
 
+/// Every backend's progress of this process ([`Progress::progress_others`]).
+static AGENTS: Mutex<Vec<Weak<Progress>>> = Mutex::new(Vec::new());
+
 /// What the progress thread and the transfers share.
 pub(crate) struct Progress {
     pub(crate) agent: Agent,
@@ -164,13 +167,38 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn new(agent: Agent, max_interval: Duration, owner_spin: Duration) -> Arc<Progress> {
-        Arc::new(Progress {
+        let progress = Arc::new(Progress {
             agent,
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             max_interval,
             owner_spin,
-        })
+        });
+        let mut agents = lock(&AGENTS);
+        agents.retain(|agent| agent.strong_count() > 0);
+        agents.push(Arc::downgrade(&progress));
+        progress
+    }
+
+    /// Progresses every other agent of this process that has an operation live: an owner
+    /// polling its own operation stands in for the other agents' owners, which may be other
+    /// futures of its own task (both sides of a transfer between two Connectors, awaited with
+    /// `join!`) and polled only once this owner's slice ends.
+    pub(crate) fn progress_others(&self) {
+        let others: Vec<Arc<Progress>> = lock(&AGENTS)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|other| !std::ptr::eq(Arc::as_ptr(other), self))
+            .collect();
+        for other in others {
+            let busy = {
+                let state = other.lock();
+                !state.active.is_empty() || state.passive.values().any(|s| s.outcome.is_none())
+            };
+            if busy {
+                other.poll_notifications();
+            }
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
