@@ -28,28 +28,31 @@ pub fn run(test: &str, set: &[(&str, &str)], unset: &[&str], limit: Duration) ->
         command.env_remove(name);
     }
     let mut child = command.spawn().expect("starts the child");
-    // Both streams read on their own threads, so neither pipe fills while the child runs.
+    // Both streams read on their own threads, so neither pipe fills while the child runs;
+    // each says when its stream closed (the child exited, or closed it).
+    let (closed, closes) = std::sync::mpsc::channel();
     let drain = |mut stream: Box<dyn std::io::Read + Send>| {
+        let closed = closed.clone();
         std::thread::spawn(move || {
             let mut text = String::new();
             let _ = stream.read_to_string(&mut text);
+            let _ = closed.send(());
             text
         })
     };
     let stdout = drain(Box::new(child.stdout.take().expect("piped")));
     let stderr = drain(Box::new(child.stderr.take().expect("piped")));
     let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waits") {
-            break status;
-        }
-        if Instant::now() >= deadline {
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if closes.recv_timeout(left).is_err() {
             let _ = child.kill();
             let _ = child.wait();
             panic!("the child ({test}) did not finish within {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    // Both streams closed: the child has exited (or is exiting), so this wait is short.
+    let status = child.wait().expect("waits");
     Finished {
         status,
         stdout: stdout.join().expect("stdout"),
