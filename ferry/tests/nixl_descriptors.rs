@@ -13,27 +13,6 @@ async fn connector(name: &str) -> Connector {
     common::nixl_connector(name, config, 0).await.0
 }
 
-/// `reader` reads `source` from a readable of `owner` in pieces of `piece` bytes on both sides.
-async fn read_in_pieces(owner: &Connector, reader: &Connector, source: &[u8], piece: usize) {
-    let mut landing = vec![0u8; source.len()];
-    let mut readable = owner
-        .create_readable(source.chunks(piece).map(Descriptor::from_slice))
-        .await
-        .expect("readable");
-    let mut read = reader
-        .begin_read(
-            readable.metadata(),
-            landing.chunks_mut(piece).map(Descriptor::from_mut_slice),
-        )
-        .await
-        .expect("begin_read");
-    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
-    r.expect("read");
-    p.expect("readable");
-    drop(read);
-    assert_eq!(landing, source);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn touching_pieces_move_whether_or_not_registered_apart() {
     if let Err(reason) = ferry::nixl::available(None) {
@@ -44,13 +23,15 @@ async fn touching_pieces_move_whether_or_not_registered_apart() {
     let reader = connector("pieces-reader").await;
     let source = ferry::demo::pattern(1 << 20, 7);
     // Registered as one on both sides.
-    read_in_pieces(&owner, &reader, &source, 256).await;
+    let mut landing = vec![0u8; source.len()];
+    common::read_in_pieces(&owner, &reader, &source, &mut landing, 256).await;
     // The owner's pieces pinned one by one: its readable leases those 256 registrations.
     let pieces: Vec<Descriptor<'_>> = source.chunks(4096).map(Descriptor::from_slice).collect();
     let pinned = owner.register(&pieces).expect("register");
     assert_eq!(pinned.len(), 256);
     let before = owner.stats();
-    read_in_pieces(&owner, &reader, &source, 4096).await;
+    landing.fill(0);
+    common::read_in_pieces(&owner, &reader, &source, &mut landing, 4096).await;
     assert_eq!(
         owner.stats().registrations,
         before.registrations,

@@ -5,6 +5,8 @@
 //! 140 ms p50.
 #![cfg(feature = "sim")]
 
+mod common;
+
 use ferry::sim::{SimBackend, SimWorld};
 use ferry::{Connector, Descriptor};
 
@@ -24,39 +26,12 @@ async fn pair(seed: u64) -> (Connector, Connector) {
     (a, b)
 }
 
-/// `reader` reads `source`, cut at `piece` bytes, from a readable of `owner` into `landing`,
-/// cut the same way; both sides complete and every byte lands.
-async fn read_in_pieces(
-    owner: &Connector,
-    reader: &Connector,
-    source: &[u8],
-    landing: &mut [u8],
-    piece: usize,
-) {
-    let mut readable = owner
-        .create_readable(source.chunks(piece).map(Descriptor::from_slice))
-        .await
-        .expect("readable");
-    let mut read = reader
-        .begin_read(
-            readable.metadata(),
-            landing.chunks_mut(piece).map(Descriptor::from_mut_slice),
-        )
-        .await
-        .expect("begin_read");
-    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
-    r.expect("read");
-    p.expect("readable");
-    drop(read);
-    assert_eq!(landing, source);
-}
-
 #[tokio::test]
 async fn touching_pieces_register_once() {
     let (a, b) = pair(1).await;
     let source = ferry::demo::pattern(1 << 20, 1);
     let mut landing = vec![0u8; 1 << 20];
-    read_in_pieces(&a, &b, &source, &mut landing, 256).await;
+    common::read_in_pieces(&a, &b, &source, &mut landing, 256).await;
     for side in [&a, &b] {
         let stats = side.stats();
         assert_eq!(stats.registrations, 1, "4096 pieces, one buffer: {stats:?}");
@@ -105,7 +80,7 @@ async fn a_pool_pinned_piece_by_piece_still_serves_touching_pieces() {
     assert_eq!(registration.len(), 4);
     let before = a.stats();
     let mut landing = vec![0u8; 4 * 4096];
-    read_in_pieces(&a, &b, &pool, &mut landing, 4096).await;
+    common::read_in_pieces(&a, &b, &pool, &mut landing, 4096).await;
     let after = a.stats();
     assert_eq!(after.registrations, before.registrations, "{after:?}");
     assert_eq!(after.cache.hits - before.cache.hits, 4, "{after:?}");

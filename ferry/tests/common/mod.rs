@@ -26,6 +26,34 @@ pub async fn read_cycle(reader: &Connector, owner: &Connector, seed: u64) {
     assert_eq!(landing, source);
 }
 
+/// `reader` reads `source`, cut at `piece` bytes, from a readable of `owner` into `landing`,
+/// cut the same way; both sides complete and every byte lands.
+#[allow(dead_code)] // not every test that includes this module uses it
+pub async fn read_in_pieces(
+    owner: &Connector,
+    reader: &Connector,
+    source: &[u8],
+    landing: &mut [u8],
+    piece: usize,
+) {
+    let mut readable = owner
+        .create_readable(source.chunks(piece).map(Descriptor::from_slice))
+        .await
+        .expect("readable");
+    let mut read = reader
+        .begin_read(
+            readable.metadata(),
+            landing.chunks_mut(piece).map(Descriptor::from_mut_slice),
+        )
+        .await
+        .expect("begin_read");
+    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
+    r.expect("read");
+    p.expect("readable");
+    drop(read);
+    assert_eq!(landing, source);
+}
+
 /// A Connector over its own NIXL agent made from `config`, keeping up to `cache`
 /// registrations, and the backend (for its stats).
 #[cfg(feature = "nixl")]
