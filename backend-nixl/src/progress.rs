@@ -185,11 +185,18 @@ impl Progress {
     /// futures of its own task (both sides of a transfer between two Connectors, awaited with
     /// `join!`) and polled only once this owner's slice ends.
     pub(crate) fn progress_others(&self) {
-        let others: Vec<Arc<Progress>> = lock(&AGENTS)
+        let agents = lock(&AGENTS);
+        if agents.len() < 2 {
+            // The common case, one agent per process: nothing else to progress, no allocation
+            // on the owner's polling path.
+            return;
+        }
+        let others: Vec<Arc<Progress>> = agents
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|other| !std::ptr::eq(Arc::as_ptr(other), self))
             .collect();
+        drop(agents);
         for other in others {
             let busy = {
                 let state = other.lock();
