@@ -87,6 +87,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use ferry_core::spin::{Look, Spin};
 use ferry_core::state::Event;
 use ferry_core::{
     BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed,
@@ -740,12 +741,12 @@ impl PassiveTransfer {
 
 impl Transfer for PassiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
-        let first = self.spin.until.is_none();
+        let first = self.spin.until().is_none();
         let slice = self.spin.slice();
         if first {
             // The thread leaves the notifications to this owner until its window ends.
             if let Some(slot) = self.progress.lock().passive.get_mut(&self.key) {
-                slot.watch_from = self.spin.until;
+                slot.watch_from = self.spin.until();
             }
         }
         loop {
@@ -930,67 +931,6 @@ struct ActiveTransfer {
     spin: Spin,
 }
 
-/// An owner's own polling window (see [`NixlConfig::owner_spin`]), started at its first poll.
-///
-/// Within it the owner looks again back to back for up to [`SLICE`] per poll, giving up the
-/// CPU between looks (on a host with few cores the peer's process, or the progress thread,
-/// may be what the transfer waits for), then returns `Pending` having woken itself, so other
-/// tasks on its runtime thread run between slices. Past the window it hands over.
-struct Spin {
-    budget: Duration,
-    until: Option<Instant>,
-}
-
-/// The longest an owner looks back to back within one poll. Each slice ends in a wake-up
-/// through the owner's runtime (with a multi-threaded tokio runtime on 2 vCPUs, often a
-/// futex wake of another worker), so slices are long; other futures of the owner's task (the
-/// other side of a transfer awaited with `join!`) run only between slices, so the owner
-/// progresses their agents meanwhile ([`progress::Progress::progress_others`]).
-///
-/// Measured (4 KiB, cached registrations): between two Connectors of one task, 50 µs slices
-/// without that took a 184 µs p50, 10 µs slices 58 µs, 200 µs slices with it 28 µs; across two
-/// processes, 200 µs slices with it added 8–38 µs to the raw loop's p50 where 10 µs slices
-/// added 33–63 µs (three alternating runs each).
-const SLICE: Duration = Duration::from_micros(200);
-
-/// What an owner does after a look that found its operation still running.
-enum Look {
-    /// Look again now.
-    Again,
-    /// Return `Pending`, woken at once: the slice is spent, the window is not.
-    Later,
-    /// Leave it to the progress thread.
-    HandOver,
-}
-
-impl Spin {
-    fn new(budget: Duration) -> Spin {
-        Spin {
-            budget,
-            until: None,
-        }
-    }
-
-    /// Where this poll's slice ends.
-    fn slice(&mut self) -> Instant {
-        let now = Instant::now();
-        self.until.get_or_insert(now + self.budget);
-        now + SLICE
-    }
-
-    fn next(&self, slice_end: Instant) -> Look {
-        let now = Instant::now();
-        match self.until {
-            Some(until) if now < until && now < slice_end => {
-                std::thread::yield_now();
-                Look::Again
-            }
-            Some(until) if now < until => Look::Later,
-            _ => Look::HandOver,
-        }
-    }
-}
-
 impl ActiveTransfer {
     /// Waits until NIXL is done with the request's local memory, and returns its last status.
     ///
@@ -1056,12 +996,12 @@ fn transfer_failed(e: NixlError) -> Event {
 
 impl Transfer for ActiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
-        let first = self.spin.until.is_none();
+        let first = self.spin.until().is_none();
         let slice = self.spin.slice();
         if first {
             // The thread leaves the request to this owner until its window ends.
             if let Some(slot) = self.shared.progress.lock().active.get_mut(&self.id) {
-                slot.watch_from = self.spin.until;
+                slot.watch_from = self.spin.until();
             }
         }
         loop {

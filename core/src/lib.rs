@@ -54,6 +54,7 @@ mod loom;
 mod metadata;
 mod registration;
 mod settlement;
+pub mod spin;
 pub mod state;
 mod status;
 mod validate;

@@ -102,6 +102,18 @@ impl Settlement {
         }
     }
 
+    /// [`Settlement::poll_ended`] without keeping a waker: `None` while the operation runs.
+    /// For an owner that polls its transport itself between looks, so that a settle during
+    /// its look wakes nothing.
+    pub fn ended(&self) -> Option<Event> {
+        let slot = lock(&self.slot);
+        match (&slot.ended, slot.closed) {
+            (Some(event), _) => Some(event.clone()),
+            (None, true) => Some(Event::CancelRequested),
+            (None, false) => None,
+        }
+    }
+
     /// Ends the operation from the owner's side (cancel or drop). Returns the event the backend
     /// settled first, if it did (the operation then ends in that state, not `Cancelled`), or
     /// `None` when this close decided. Either way, when it returns no [`Settler::touch`] is

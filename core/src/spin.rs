@@ -1,0 +1,103 @@
+//! An owner's own polling window: how a task awaiting an operation polls the transport itself
+//! for a while before it leaves the operation to a progress thread and sleeps.
+//!
+//! Handing a completion from a progress thread to a sleeping task costs a wake-up of each
+//! (tens of microseconds apiece on a virtual machine with few cores), and a transfer is a chain
+//! of them. An owner that polls its own operation for a short window instead catches the end
+//! without any. The nixl and ucx backends both poll this way.
+
+use std::time::{Duration, Instant};
+
+/// The longest an owner looks back to back within one poll. Each slice ends in a wake-up
+/// through the owner's runtime (with a multi-threaded tokio runtime on 2 vCPUs, often a
+/// futex wake of another worker), so slices are long; other futures of the owner's task (the
+/// other side of a transfer awaited with `join!`) run only between slices, so a backend whose
+/// owner could be waiting on another Connector of its task progresses that one meanwhile.
+///
+/// Measured with the nixl backend (4 KiB, cached registrations): between two Connectors of one
+/// task, 50 µs slices took a 184 µs p50, 10 µs slices 58 µs, and 200 µs slices with the owner
+/// progressing the other Connector 28 µs; across two processes, 200 µs slices added 8–38 µs to
+/// the raw loop's p50 where 10 µs slices added 33–63 µs (three alternating runs each).
+pub const SLICE: Duration = Duration::from_micros(200);
+
+/// An owner's polling window of `budget`, started at its first poll.
+///
+/// Within it the owner looks again back to back for up to [`SLICE`] per poll, giving up the
+/// CPU between looks (on a host with few cores the peer's process, or the progress thread, may
+/// be what the transfer waits for), then returns `Pending` having woken itself, so other tasks
+/// on its runtime thread run between slices. Past the window it hands over.
+#[derive(Debug, Clone)]
+pub struct Spin {
+    budget: Duration,
+    until: Option<Instant>,
+}
+
+/// What an owner does after a look that found its operation still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Look again now (the CPU was given up once).
+    Again,
+    /// Return `Pending`, woken at once: the slice is spent, the window is not.
+    Later,
+    /// Leave the operation to the progress thread.
+    HandOver,
+}
+
+impl Spin {
+    /// A window of `budget`, not yet started. A zero budget hands over at the first look.
+    pub fn new(budget: Duration) -> Spin {
+        Spin {
+            budget,
+            until: None,
+        }
+    }
+
+    /// When the window ends; `None` before the first poll.
+    pub fn until(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// Starts the window if this is the first poll, and returns where this poll's slice ends.
+    pub fn slice(&mut self) -> Instant {
+        let now = Instant::now();
+        self.until.get_or_insert(now + self.budget);
+        now + SLICE
+    }
+
+    /// What to do after a look that found the operation running, in the slice ending at
+    /// `slice_end`. Gives up the CPU once before it answers [`Look::Again`].
+    pub fn next(&self, slice_end: Instant) -> Look {
+        let now = Instant::now();
+        match self.until {
+            Some(until) if now < until && now < slice_end => {
+                std::thread::yield_now();
+                Look::Again
+            }
+            Some(until) if now < until => Look::Later,
+            _ => Look::HandOver,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_hands_over_once_spent() {
+        let mut spin = Spin::new(Duration::ZERO);
+        assert_eq!(spin.until(), None);
+        let slice = spin.slice();
+        assert!(spin.until().is_some());
+        assert_eq!(spin.next(slice), Look::HandOver);
+    }
+
+    #[test]
+    fn a_spent_slice_asks_for_a_later_poll() {
+        let mut spin = Spin::new(Duration::from_secs(3600));
+        let _ = spin.slice();
+        assert_eq!(spin.next(Instant::now()), Look::Later);
+        let slice = spin.slice();
+        assert_eq!(spin.next(slice), Look::Again);
+    }
+}
