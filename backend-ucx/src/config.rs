@@ -82,10 +82,24 @@ pub const ERROR_HANDLING_VAR: &str = "FERRY_UCX_ERROR_HANDLING";
 
 /// How a [`UcxBackend`](crate::UcxBackend) is set up. UCX's own configuration (`UCX_TLS`,
 /// `UCX_NET_DEVICES`, ...) still comes from the environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UcxConfig {
     /// How endpoints treat a lost peer.
     pub error_handling: ErrorHandling,
+    /// How long a task awaiting an operation (`wait_for_completion`, or a poll of `status`)
+    /// polls the worker itself before it leaves the operation to the progress thread and
+    /// sleeps; an active operation's post runs on the caller's thread too. Zero leaves
+    /// everything to the progress thread. Default 1 ms. See the crate's "Latency" docs.
+    pub owner_spin: Duration,
+}
+
+impl Default for UcxConfig {
+    fn default() -> UcxConfig {
+        UcxConfig {
+            error_handling: ErrorHandling::default(),
+            owner_spin: Duration::from_millis(1),
+        }
+    }
 }
 
 impl UcxConfig {
@@ -105,7 +119,10 @@ impl UcxConfig {
                 return Err(format!("{ERROR_HANDLING_VAR}={value:?} is not UTF-8"))
             }
         };
-        Ok(UcxConfig { error_handling })
+        Ok(UcxConfig {
+            error_handling,
+            ..UcxConfig::default()
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! build time against the system's UCX (Debian's `libucx-dev`, UCX 1.13), in three layers:
 //!
 //! ```text
-//!  UcxBackend  ferry_core::Backend: a progress thread owns one context + worker (backend.rs)
+//!  UcxBackend  ferry_core::Backend: one context + worker, owners and a thread drive it
 //!    │
 //!  safe    Context, Worker, MemRegion, Endpoint, RemoteKey, WorkerAddress, Request (RAII)
 //!    │

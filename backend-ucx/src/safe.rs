@@ -10,9 +10,11 @@
 //! order holds whatever order the values are dropped in.
 //!
 //! # Threads
-//! Workers are created in `UCS_THREAD_MODE_SINGLE` and every type here is `!Send` and `!Sync`:
-//! all objects of one [`Context`] live on the thread that made it. The ucx backend is meant
-//! to own them on its progress thread.
+//! Workers are created in `UCS_THREAD_MODE_SERIALIZED` (UCX lets any thread call into them, one
+//! at a time) and every type here is `!Send` and `!Sync`: the types count references without
+//! atomics. Whoever moves all objects of one [`Context`] between threads together, and lets one
+//! thread at a time touch them, may do so (the ucx backend keeps them behind one mutex, taken
+//! by its progress thread and by owners polling their operations).
 //!
 //! # Progress
 //! Nothing here progresses by itself: call [`Worker::progress`] (or [`Request::wait`], which
@@ -238,11 +240,11 @@ impl Context {
         Ok(types & (1u64 << memory.raw()) != 0)
     }
 
-    /// Creates a worker (`UCS_THREAD_MODE_SINGLE`).
+    /// Creates a worker (`UCS_THREAD_MODE_SERIALIZED`: see "Threads" above).
     pub fn create_worker(&self) -> Result<Worker> {
         let params = sys::ucp_worker_params_t {
             field_mask: u64::from(sys::ucp_worker_params_field::UCP_WORKER_PARAM_FIELD_THREAD_MODE),
-            thread_mode: sys::ucs_thread_mode_t::UCS_THREAD_MODE_SINGLE,
+            thread_mode: sys::ucs_thread_mode_t::UCS_THREAD_MODE_SERIALIZED,
             ..Default::default()
         };
         // SAFETY: the context is live and the worker keeps it alive (Rc); params initialised.

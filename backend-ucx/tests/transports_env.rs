@@ -80,6 +80,7 @@ async fn shared_memory_alone_connects_and_writes() {
     );
     let config = UcxConfig {
         error_handling: ErrorHandling::PeerIfSupported,
+        ..UcxConfig::default()
     };
     ferry_backend_ucx::available_with(&config).expect("usable with the fallback");
     let passive = UcxBackend::with_config(config.clone()).expect("passive backend");

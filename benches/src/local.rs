@@ -136,6 +136,7 @@ impl Pair {
             LocalBackend::Ucx => {
                 let config = || ferry::ucx::UcxConfig {
                     error_handling: UCX_ERROR_HANDLING.get().copied().unwrap_or_default(),
+                    ..Default::default()
                 };
                 let passive = ferry::ucx::UcxBackend::with_config(config())?;
                 let active = ferry::ucx::UcxBackend::with_config(config())?;

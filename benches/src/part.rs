@@ -185,7 +185,10 @@ mod measure {
     /// cannot run is left out with why; the result is a [`Suite`] of this part alone.
     pub async fn ucx(request: PartRequest, error_handling: ErrorHandling) -> Result<Suite> {
         let started = Instant::now();
-        let config = ferry::ucx::UcxConfig { error_handling };
+        let config = ferry::ucx::UcxConfig {
+            error_handling,
+            ..Default::default()
+        };
         let command = crate::cli::command_line();
         let mut suite = Suite::empty(command, crate::clock::utc_now());
         if let Err(why) = ferry::ucx::available_with(&config) {
@@ -253,7 +256,11 @@ mod measure {
         progress: &mut Progress,
         suite: &mut Suite,
     ) -> Result<()> {
-        let mut bench = ucx_bench::Bench::start(error_handling).await?;
+        let mut bench = ucx_bench::Bench::start(ferry::ucx::UcxConfig {
+            error_handling,
+            ..Default::default()
+        })
+        .await?;
         for &size in &request.sizes {
             for direction in [Direction::Read, Direction::Write] {
                 progress.step(&format!(

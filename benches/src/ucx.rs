@@ -92,10 +92,10 @@ pub fn parse_error_handling(name: &str) -> Result<ErrorHandling, String> {
     .ok_or_else(|| format!("{name:?}: expected peer-if-supported, peer or none"))
 }
 
-/// A Connector on a fresh ucx backend whose endpoints use `error_handling` (UCX reads
-/// `UCX_*` from the environment).
-pub async fn connector(worker_id: &str, error_handling: ErrorHandling) -> Result<Connector> {
-    let backend = UcxBackend::with_config(UcxConfig { error_handling })?;
+/// A Connector on a fresh ucx backend made with `config` (UCX reads `UCX_*` from the
+/// environment).
+pub async fn connector(worker_id: &str, config: &UcxConfig) -> Result<Connector> {
+    let backend = UcxBackend::with_config(config.clone())?;
     Ok(Connector::builder()
         .worker_id(worker_id)
         .backend(backend)
@@ -106,9 +106,9 @@ pub async fn connector(worker_id: &str, error_handling: ErrorHandling) -> Result
 /// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`, and
 /// `count` for a batch) with [`serve_count`] until `exit` or end of input. Its first line is
 /// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
-pub async fn run_peer(error_handling: ErrorHandling) -> Result<()> {
+pub async fn run_peer(config: UcxConfig) -> Result<()> {
     let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
-    let connector = match connector("ferry-bench-ucx-peer", error_handling).await {
+    let connector = match connector("ferry-bench-ucx-peer", &config).await {
         Ok(connector) => connector,
         Err(e) => {
             io.send(&json!({"ready": false, "error": e.to_string()}))
@@ -183,11 +183,13 @@ pub struct Bench {
 impl Bench {
     /// Makes this process's Connector and starts the peer. The error says why UCX cannot be
     /// used when it cannot.
-    /// Both sides' endpoints use `error_handling`.
-    pub async fn start(error_handling: ErrorHandling) -> Result<Bench> {
-        let connector = connector("ferry-bench-ucx", error_handling).await?;
-        let name = error_handling_name(error_handling);
-        let peer = PeerProcess::spawn(&["--error-handling", name]).await?;
+    /// Both sides' backends are made with `config`.
+    pub async fn start(config: UcxConfig) -> Result<Bench> {
+        let connector = connector("ferry-bench-ucx", &config).await?;
+        let name = error_handling_name(config.error_handling);
+        let spin = config.owner_spin.as_micros().to_string();
+        let peer =
+            PeerProcess::spawn(&["--error-handling", name, "--owner-spin-us", &spin]).await?;
         Ok(Bench { connector, peer })
     }
 

@@ -29,6 +29,7 @@ use ferry::{Connector, Device, Error};
 async fn ucx(handling: ErrorHandling) -> Option<(Connector, Result<(), String>)> {
     let backend = match UcxBackend::with_config(UcxConfig {
         error_handling: handling,
+        ..UcxConfig::default()
     }) {
         Ok(backend) => backend,
         Err(Error::BackendUnavailable { reason, .. }) => {

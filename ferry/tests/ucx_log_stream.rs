@@ -34,6 +34,7 @@ fn log_child() {
     }
     let outcome = ferry::ucx::available_with(&UcxConfig {
         error_handling: ErrorHandling::PeerIfSupported,
+        ..UcxConfig::default()
     });
     println!("{DONE} {outcome:?}");
 }

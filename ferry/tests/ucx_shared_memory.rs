@@ -26,8 +26,11 @@ const CHILD: &str = "FERRY_UCX_SHM_CHILD";
 const DONE: &str = "SHM-CHILD-DONE";
 
 async fn connector(error_handling: ErrorHandling) -> Connector {
-    let backend = UcxBackend::with_config(UcxConfig { error_handling })
-        .expect("a backend starts under posix,cma,self");
+    let backend = UcxBackend::with_config(UcxConfig {
+        error_handling,
+        ..UcxConfig::default()
+    })
+    .expect("a backend starts under posix,cma,self");
     Connector::builder()
         .backend(backend)
         .build()

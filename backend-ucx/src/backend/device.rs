@@ -103,6 +103,14 @@ pub(super) struct DeviceContext {
 }
 
 impl DeviceContext {
+    /// Whether a device's context has been bound (to the thread that first used device memory).
+    pub(super) fn is_bound(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.bound.is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
     /// Makes memory on `device` usable from this thread (binding its context the first time)
     /// and returns the memory type UCX is told for it. `UnsupportedDevice` for a device this
     /// backend cannot serve (any device in a build without `cuda`; another device than the

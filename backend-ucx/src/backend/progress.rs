@@ -1,14 +1,18 @@
-//! The progress thread: owns the UCP context, worker, memory mappings and endpoints (all
-//! `!Send`), runs the commands the backend sends it, moves active operations on (gets or puts
-//! and a flush, then the notification) and matches inbound notifications by key. Every ending
-//! goes through the [`Table`]'s settlers.
+//! The progress state: the UCP context, worker, memory mappings and endpoints (all `!Send`
+//! types), behind one lock ([`Engine`]). The progress thread ([`run`]) runs the commands the
+//! backend sends it and, unless owners are polling, moves active operations on (gets or puts
+//! and a flush, then the notification) and matches inbound notifications by key. An owner
+//! polling its operation takes the same lock for each look ([`Progress::look`]), and a caller
+//! may post its operation under it ([`Progress::post_op`]). Every ending goes through the
+//! [`Table`]'s settlers.
 
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_core::{Device, Error, NotificationKey, OperationKind, Settler, Side};
@@ -22,6 +26,100 @@ use crate::config::{self, ErrorHandling};
 use crate::safe::{
     Context, ContextOptions, Endpoint, MemRegion, RemoteKey, Request, Worker, WorkerAddress,
 };
+
+/// The progress state behind the lock that the progress thread and polling owners take turns
+/// on; `None` once the thread has shut down.
+pub(super) type Engine = Mutex<Option<Progress>>;
+
+/// Every engine of this process, so that an owner polling its own can look at the others
+/// ([`look_at_others`]).
+static ENGINES: Mutex<Vec<Weak<Engine>>> = Mutex::new(Vec::new());
+
+/// Lists `engine` among this process's engines (and forgets those that are gone).
+pub(super) fn enlist(engine: &Arc<Engine>) {
+    let mut engines = lock(&ENGINES);
+    engines.retain(|listed| listed.strong_count() > 0);
+    engines.push(Arc::downgrade(engine));
+}
+
+/// What [`try_look`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Looked {
+    /// It looked at the worker once.
+    Once,
+    /// Someone else holds the engine now (its thread, or another owner).
+    Held,
+    /// Not for this thread: shut down, or driven by its thread alone.
+    NotOurs,
+}
+
+/// Takes `engine`'s lock if nobody holds it, and looks once at its worker if this thread may
+/// drive it ([`Progress::drivable`]).
+pub(super) fn try_look(engine: &Engine) -> Looked {
+    let mut guard = match engine.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return Looked::Held,
+    };
+    match guard.as_mut().filter(|progress| progress.drivable()) {
+        Some(progress) => {
+            progress.look();
+            Looked::Once
+        }
+        None => Looked::NotOurs,
+    }
+}
+
+/// Looks once at every other engine of this process that nobody holds now. An owner polling
+/// its own operation stands in for the owners of the others: those may be futures of its own
+/// task (both sides of a transfer between two Connectors awaited with `join!`), polled only
+/// between its slices. Returns at once, allocating nothing, in a process with one engine.
+pub(super) fn look_at_others(own: &Arc<Engine>) {
+    let others: Vec<Arc<Engine>> = {
+        let engines = lock(&ENGINES);
+        if engines.len() < 2 {
+            return;
+        }
+        engines
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|engine| !Arc::ptr_eq(engine, own))
+            .collect()
+    };
+    for engine in others {
+        let _ = try_look(&engine);
+    }
+}
+
+/// Until when some owner polls the worker itself (its window, [`ferry_core::spin`]): the
+/// progress thread leaves the worker to owners until then, and only runs commands.
+pub(super) struct Owners {
+    epoch: Instant,
+    /// Nanoseconds after `epoch`.
+    until: AtomicU64,
+}
+
+impl Owners {
+    pub(super) fn new() -> Owners {
+        Owners {
+            epoch: Instant::now(),
+            until: AtomicU64::new(0),
+        }
+    }
+
+    /// An owner polls until `at` (or an earlier window's end, if later).
+    pub(super) fn poll_until(&self, at: Instant) {
+        let nanos =
+            u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        self.until.fetch_max(nanos, Ordering::AcqRel);
+    }
+
+    /// When the last window ends, if that is after `now`.
+    fn until(&self, now: Instant) -> Option<Instant> {
+        let until = self.epoch + Duration::from_nanos(self.until.load(Ordering::Acquire));
+        (until > now).then_some(until)
+    }
+}
 
 /// One descriptor pair of a post: local memory, remote address, index of its rkey.
 pub(super) struct Item {
@@ -93,7 +191,7 @@ impl ActiveOp {
     }
 }
 
-/// The progress thread's state: everything `!Send`.
+/// The progress state: everything `!Send`, reached only through its [`Engine`].
 pub(super) struct Progress {
     table: Arc<Table>,
     /// The callers' cache of connected peers: a failed endpoint's entry is removed.
@@ -116,6 +214,16 @@ pub(super) struct Progress {
     /// the UCX context, whose cuda resources live in it.
     device: DeviceContext,
 }
+
+// SAFETY: the UCX objects in a Progress (context, worker, mappings, endpoints, remote keys,
+// requests) and the reference counts and cells of the `safe` types around them are reachable
+// only through it: no method hands one out, and the active-message handler it installs holds
+// only the `Arc<Table>`. A Progress lives in an `Engine`, so one thread at a time touches it,
+// and the mutex orders each holder's accesses after the last one's. UCX allows a worker made
+// in `UCS_THREAD_MODE_SERIALIZED` (see `safe::Context::create_worker`) to be called from any
+// thread, one at a time. CUDA contexts are current per thread, so a Progress that has moved
+// device memory is driven by its progress thread alone (`drivable`).
+unsafe impl Send for Progress {}
 
 fn failure(endpoint: &Endpoint, error: &crate::Error) -> Error {
     match endpoint.failure() {
@@ -177,54 +285,31 @@ impl Progress {
             .map_err(|e| e.to_ferry(Side::Local))
     }
 
-    pub(super) fn run(&mut self, inbox: Receiver<Command>, mut wake: UnixStream) {
-        let event_fd = self.worker.event_fd().ok();
-        let mut active = Instant::now();
-        loop {
-            let mut drained = [0u8; 64];
-            while matches!(wake.read(&mut drained), Ok(n) if n > 0) {}
-            let mut busy = false;
-            loop {
-                match inbox.try_recv() {
-                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return,
-                    Ok(command) => {
-                        busy = true;
-                        self.handle(command);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-            for _ in 0..64 {
-                match self.worker.progress() {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => busy = true,
-                }
-            }
-            if busy {
-                self.forget_failed();
-            }
-            busy |= self.advance();
-            if busy {
-                active = Instant::now();
-                continue;
-            }
-            if active.elapsed() < LINGER {
-                std::thread::yield_now();
-                continue;
-            }
-            // Sleep until the worker or a caller has something, with a bound in case a
-            // transport signals no event.
-            let bound = if self.ops.is_empty() && self.leaving.is_empty() {
-                IDLE_SLEEP
-            } else {
-                BUSY_SLEEP
-            };
-            match (event_fd, self.worker.arm()) {
-                (_, Ok(false)) => continue,
-                (Some(fd), Ok(true)) => wait_readable(&[fd, wake.as_raw_fd()], bound),
-                _ => wait_readable(&[wake.as_raw_fd()], bound),
+    /// Whether a thread other than the progress thread may drive it: not once it has moved
+    /// device memory (UCX's cuda transports use the calling thread's current CUDA context).
+    pub(super) fn drivable(&self) -> bool {
+        !self.device.is_bound()
+    }
+
+    /// Whether an owner's cancel waits for its operation's requests to finish.
+    fn cancelling(&self) -> bool {
+        self.ops.values().any(|op| op.cancel.is_some())
+    }
+
+    /// One look: progresses the worker until it has nothing more to do (at most 64 rounds)
+    /// and ends the operations whose requests all finished. Whether anything happened.
+    pub(super) fn look(&mut self) -> bool {
+        let mut busy = false;
+        for _ in 0..64 {
+            match self.worker.progress() {
+                Ok(0) | Err(_) => break,
+                Ok(_) => busy = true,
             }
         }
+        if busy {
+            self.forget_failed();
+        }
+        self.advance() || busy
     }
 
     fn handle(&mut self, command: Command) {
@@ -238,11 +323,9 @@ impl Progress {
             } => {
                 let _ = reply.send(self.register(id, addr, len, device));
             }
-            Command::Deregister { id } => {
-                self.regions.remove(&id);
-            }
+            Command::Deregister { id } => self.unmap(id),
             Command::Connect { address, reply } => {
-                let _ = reply.send(self.connect(address));
+                let _ = reply.send(self.connect(&address));
             }
             Command::Post {
                 id,
@@ -251,36 +334,7 @@ impl Progress {
                 key,
                 rkeys,
                 items,
-            } => {
-                // Always there: the owner forgets the operation only after the thread ended it.
-                let live = self.table.settler(id).filter(Settler::is_live);
-                let Some(settler) = live else {
-                    // Closed before it was posted: nothing is posted, the peer is told.
-                    let endpoint = self.endpoints.get(&peer).cloned();
-                    self.table.forget(id);
-                    self.tell_cancelled(endpoint.as_ref(), &key);
-                    return;
-                };
-                match self.post(peer, kind, &rkeys, &items) {
-                    Ok((endpoint, requests, _rkeys)) => {
-                        let op = ActiveOp {
-                            endpoint,
-                            key,
-                            requests,
-                            _rkeys,
-                            settler,
-                            cancel: None,
-                        };
-                        self.ops.insert(id, op);
-                        self.advance();
-                    }
-                    // `post` returned once no request of it could touch the caller's memory.
-                    Err(e) => {
-                        let endpoint = self.endpoints.get(&peer).cloned();
-                        self.end(id, &settler, endpoint.as_ref(), &key, Err(e));
-                    }
-                }
-            }
+            } => self.post_op(id, peer, kind, key, &rkeys, &items),
             Command::Cancel { id, reply } => match self.ops.get_mut(&id) {
                 Some(op) => {
                     op.cancel = Some((reply, Instant::now() + DRAIN));
@@ -295,7 +349,56 @@ impl Progress {
         }
     }
 
-    fn register(
+    /// Posts active operation `id` (its gets or puts and the flush, on the endpoint to
+    /// `peer`), or ends it at once: not posted if its owner closed it first (the peer is told),
+    /// `Errored` if the post failed.
+    pub(super) fn post_op(
+        &mut self,
+        id: u64,
+        peer: u64,
+        kind: OperationKind,
+        key: NotificationKey,
+        rkeys: &[Vec<u8>],
+        items: &[Item],
+    ) {
+        // Always there: the owner forgets the operation only after it was ended here.
+        let live = self.table.settler(id).filter(Settler::is_live);
+        let Some(settler) = live else {
+            // Closed before it was posted: nothing is posted, the peer is told.
+            let endpoint = self.endpoints.get(&peer).cloned();
+            self.table.forget(id);
+            self.tell_cancelled(endpoint.as_ref(), &key);
+            return;
+        };
+        match self.post(peer, kind, rkeys, items) {
+            Ok((endpoint, requests, _rkeys)) => {
+                let op = ActiveOp {
+                    endpoint,
+                    key,
+                    requests,
+                    _rkeys,
+                    settler,
+                    cancel: None,
+                };
+                self.ops.insert(id, op);
+                self.advance();
+            }
+            // `post` returned once no request of it could touch the caller's memory.
+            Err(e) => {
+                let endpoint = self.endpoints.get(&peer).cloned();
+                self.end(id, &settler, endpoint.as_ref(), &key, Err(e));
+            }
+        }
+    }
+
+    /// Unmaps registration `id`, if mapped.
+    pub(super) fn unmap(&mut self, id: u64) {
+        self.regions.remove(&id);
+    }
+
+    /// Maps registration `id` (`len` bytes at `addr` on `device`) and packs its remote key;
+    /// the key it already has if mapped.
+    pub(super) fn register(
         &mut self,
         id: u64,
         addr: usize,
@@ -321,8 +424,9 @@ impl Progress {
         Ok(rkey)
     }
 
-    fn connect(&mut self, address: Vec<u8>) -> Result<u64, Error> {
-        if let Some(&peer) = self.by_address.get(&address) {
+    /// The peer whose worker has `address`: a cached endpoint, or a new one.
+    pub(super) fn connect(&mut self, address: &[u8]) -> Result<u64, Error> {
+        if let Some(&peer) = self.by_address.get(address) {
             match self.endpoints.get(&peer) {
                 Some(endpoint) if endpoint.failure().is_none() => return Ok(peer),
                 _ => self.forget(peer),
@@ -331,7 +435,7 @@ impl Progress {
         // SAFETY: the bytes passed the blob's length and checksum, so they are the address a
         // peer's Worker::address produced, intact (a forged blob is outside the capability
         // model: see crate::blob).
-        let remote = unsafe { WorkerAddress::from_bytes(address.clone()) };
+        let remote = unsafe { WorkerAddress::from_bytes(address.to_vec()) };
         let (endpoint, _mode) = match config::connect(&self.worker, &remote, self.error_handling) {
             Ok(connected) => connected,
             // The transports here can connect (to a worker of this process), so the peer's
@@ -351,8 +455,8 @@ impl Progress {
         let peer = self.next_peer;
         self.next_peer += 1;
         self.endpoints.insert(peer, endpoint);
-        self.by_address.insert(address.clone(), peer);
-        lock(&self.peers).insert(address, peer);
+        self.by_address.insert(address.to_vec(), peer);
+        lock(&self.peers).insert(address.to_vec(), peer);
         Ok(peer)
     }
 
@@ -555,6 +659,85 @@ impl Progress {
     }
 }
 
+/// The progress thread: runs commands, and drives the worker unless owners poll it
+/// themselves ([`Owners`]), until a `Shutdown`; then drops the progress state.
+///
+/// With nothing to do it keeps polling (yielding the CPU) for [`LINGER`] after its last
+/// command or event, then sleeps on the worker's event fd and the wake socket (bounded, in
+/// case a transport signals no event). While owners poll it sleeps on the wake socket alone,
+/// until their last window ends.
+pub(super) fn run(
+    engine: &Engine,
+    owners: &Owners,
+    inbox: Receiver<Command>,
+    mut wake: UnixStream,
+) {
+    let event_fd = lock(engine)
+        .as_ref()
+        .and_then(|progress| progress.worker.event_fd().ok());
+    let mut active = Instant::now();
+    loop {
+        let mut drained = [0u8; 64];
+        while matches!(wake.read(&mut drained), Ok(n) if n > 0) {}
+        let mut guard = lock(engine);
+        let Some(progress) = guard.as_mut() else {
+            return;
+        };
+        let mut busy = false;
+        loop {
+            match inbox.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    let progress = guard.take();
+                    drop(guard);
+                    drop(progress);
+                    return;
+                }
+                Ok(command) => {
+                    busy = true;
+                    progress.handle(command);
+                }
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let now = Instant::now();
+        // A cancel waits on this thread for its operation's requests to finish: drive them.
+        let owned = owners
+            .until(now)
+            .filter(|_| progress.drivable() && !progress.cancelling());
+        if owned.is_none() {
+            busy |= progress.look();
+        }
+        if busy {
+            active = Instant::now();
+            continue;
+        }
+        if let Some(until) = owned {
+            drop(guard);
+            wait_readable(&[wake.as_raw_fd()], (until - now).min(BUSY_SLEEP));
+            continue;
+        }
+        if active.elapsed() < LINGER {
+            drop(guard);
+            std::thread::yield_now();
+            continue;
+        }
+        // Sleep until the worker or a caller has something, with a bound in case a transport
+        // signals no event.
+        let bound = if progress.ops.is_empty() && progress.leaving.is_empty() {
+            IDLE_SLEEP
+        } else {
+            BUSY_SLEEP
+        };
+        let armed = progress.worker.arm();
+        drop(guard);
+        match (event_fd, armed) {
+            (_, Ok(false)) => continue,
+            (Some(fd), Ok(true)) => wait_readable(&[fd, wake.as_raw_fd()], bound),
+            _ => wait_readable(&[wake.as_raw_fd()], bound),
+        }
+    }
+}
+
 /// Sleeps until one of `fds` is readable or `timeout` passes.
 fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
     let mut polled: Vec<libc::pollfd> = fds
@@ -565,10 +748,20 @@ fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
             revents: 0,
         })
         .collect();
-    let millis = i32::try_from(timeout.as_millis())
-        .unwrap_or(i32::MAX)
-        .max(1);
-    // SAFETY: `polled` is a live array of `polled.len()` pollfd structs; poll(2) writes only
-    // their `revents` fields and keeps no pointer after it returns.
-    let _ = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, millis) };
+    let timeout = timeout.max(Duration::from_micros(1));
+    let limit = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    // SAFETY: `polled` is a live array of `polled.len()` pollfd structs and `limit` a live
+    // timespec; ppoll(2) writes only the `revents` fields, keeps no pointer after it returns,
+    // and with a null signal mask changes no signal handling.
+    let _ = unsafe {
+        libc::ppoll(
+            polled.as_mut_ptr(),
+            polled.len() as libc::nfds_t,
+            &limit,
+            std::ptr::null(),
+        )
+    };
 }

@@ -66,6 +66,10 @@ struct Args {
     /// transport, shared memory under UCX's defaults too, as ucx_perftest uses).
     #[arg(long, default_value = "peer", value_parser = ucx::parse_error_handling)]
     error_handling: ErrorHandling,
+    /// How long a task awaiting an operation polls the worker itself, in microseconds, on both
+    /// sides (UcxConfig::owner_spin); 0 leaves everything to the progress threads.
+    #[arg(long, default_value_t = 1000)]
+    owner_spin_us: u64,
     /// Act as the passive peer process (used by the benchmark itself).
     #[arg(long, hide = true)]
     peer: bool,
@@ -85,8 +89,12 @@ fn parse_direction(text: &str) -> Result<Direction, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let config = ferry::ucx::UcxConfig {
+        error_handling: args.error_handling,
+        owner_spin: Duration::from_micros(args.owner_spin_us),
+    };
     if args.peer {
-        if let Err(e) = block_on_worker(ucx::run_peer(args.error_handling)) {
+        if let Err(e) = block_on_worker(ucx::run_peer(config)) {
             eprintln!("ferry-bench-ucx --peer: {e}");
             return ExitCode::FAILURE;
         }
@@ -99,9 +107,6 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let config = ferry::ucx::UcxConfig {
-        error_handling: args.error_handling,
-    };
     if let Err(why) = ferry::ucx::available_with(&config) {
         println!("skipped: {why}");
         return ExitCode::SUCCESS;
@@ -110,7 +115,7 @@ fn main() -> ExitCode {
         println!("skipped: ucx_perftest is not installed (apt-get install ucx-utils)");
         return ExitCode::SUCCESS;
     }
-    let report = match block_on_worker(run(args)) {
+    let report = match block_on_worker(run(args, config)) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("ferry-bench-ucx: {e}");
@@ -148,7 +153,7 @@ async fn perf(
     run
 }
 
-async fn run(args: Args) -> Result<UcxReport> {
+async fn run(args: Args, config: ferry::ucx::UcxConfig) -> Result<UcxReport> {
     let started = Instant::now();
     let command = command_line();
     let date = clock::utc_now();
@@ -170,7 +175,7 @@ async fn run(args: Args) -> Result<UcxReport> {
     let put_lat = perf("ucp_put_lat", LATENCY_SIZE, latency, limit).await;
     let am_lat = perf("ucp_am_lat", NOTIFICATION_BYTES, latency, limit).await;
 
-    let (mut bench, mut ferry_error) = match Bench::start(args.error_handling).await {
+    let (mut bench, mut ferry_error) = match Bench::start(config).await {
         Ok(bench) => {
             eprintln!("peer process {} ready", bench.peer_pid().unwrap_or(0));
             (Some(bench), None)
