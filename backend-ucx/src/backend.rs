@@ -25,7 +25,7 @@
 //! before them, so the passive side sees the key after the data.
 //!
 //! Each operation's ending is decided once, through ferry-core's [`Settlement`]: the operation
-//! holds it, the progress thread's [`table`] holds its `Settler` (see there, and the loom model
+//! holds it, the [`table`] holds its `Settler` for whoever drives the worker (see there, and the loom model
 //! that runs that file). The active operation is `Complete` once UCX has taken the notification
 //! (`ucp_am_send_nbx` accepted it; a send that fails at once is `Errored`): sending it and
 //! settling are one step, so a cancel or drop comes wholly before it (the peer is sent
@@ -66,11 +66,14 @@
 //!   this process's other ucx workers too (the other side of a `join!` in its task may be
 //!   one). Until the last owner's window ends the thread leaves the worker alone and sleeps on
 //!   its wake socket; afterwards it drives the worker again, lingering [`LINGER`] after its
-//!   last event before it sleeps on the event fd.
+//!   last event before it sleeps on the event fd. An owner whose window ends with its
+//!   operation still running wakes the thread (which may be asleep, armed before that
+//!   operation existed).
 //!
 //! Device memory is the thread's alone: UCX's cuda transports use the calling thread's
 //! current CUDA context, so once a backend has moved device memory only its thread drives it.
-//! `owner_spin` zero leaves everything to the thread, as before.
+//! `owner_spin` zero leaves everything to the thread, as before (and no owner of another
+//! backend looks at its worker).
 //!
 //! **CPU cost.** An idle backend's thread sleeps (`the_progress_thread_sleeps_when_idle`); an
 //! owner spins (yielding between looks) for at most `owner_spin` per operation it awaits, and
@@ -263,7 +266,7 @@ struct Shared {
     table: Arc<Table>,
     registrations: Mutex<HashMap<u64, Registered>>,
     /// Connected peers by worker address, so a connect to a known peer needs no trip to the
-    /// progress thread; the thread forgets a peer here when its endpoint fails.
+    /// progress thread; whoever drives the worker forgets a peer here when its endpoint fails.
     peers: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     address: Vec<u8>,
     next: AtomicU64,
@@ -322,7 +325,12 @@ impl Shared {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    Look::HandOver => break,
+                    Look::HandOver => {
+                        // The thread may be asleep for up to IDLE_SLEEP, armed before this
+                        // operation existed: it drives the worker from now on.
+                        let _ = (&self.wake).write(&[1]);
+                        break;
+                    }
                 }
             }
         }
@@ -367,7 +375,8 @@ impl Shared {
     }
 }
 
-/// ferry's UCX backend: one UCP context and worker, owned by its progress thread.
+/// ferry's UCX backend: one UCP context and worker, driven by its progress thread and by the
+/// owners of its operations (see the module docs).
 pub struct UcxBackend {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -410,7 +419,10 @@ impl UcxBackend {
         let table = Arc::new(Table::default());
         let thread_table = table.clone();
         let engine: Arc<Engine> = Arc::new(Mutex::new(None));
-        progress::enlist(&engine);
+        if !config.owner_spin.is_zero() {
+            // Owners of other backends may look at this one's worker too.
+            progress::enlist(&engine);
+        }
         let thread_engine = Arc::clone(&engine);
         let owners = Arc::new(Owners::new());
         let thread_owners = Arc::clone(&owners);
@@ -684,7 +696,8 @@ impl UcxBackend {
 }
 
 impl UcxBackend {
-    /// Maps registration `id` (covering `region`, memory on `device`) on the progress thread,
+    /// Maps registration `id` (covering `region`, memory on `device`), on this thread or the
+    /// progress thread,
     /// the first time a passive operation exposes it; the region with its packed remote key.
     fn map(&self, id: u64, mut region: RegionKey, device: Device) -> Result<RegionKey, Error> {
         let len = usize::try_from(region.len).map_err(|_| Error::Backend {
@@ -731,8 +744,8 @@ impl UcxBackend {
     }
 }
 
-/// A passive operation: waits for its key's notification, which the progress thread settles
-/// (see [`table`]).
+/// A passive operation: waits for its key's notification, which whoever drives the worker
+/// settles (see [`table`]).
 struct PassiveTransfer {
     shared: Arc<Shared>,
     key: NotificationKey,
@@ -765,7 +778,7 @@ impl Drop for PassiveTransfer {
     }
 }
 
-/// A connected peer: an endpoint (by id) on the progress thread.
+/// A connected peer: an endpoint (by id) in the progress state.
 struct UcxPeer {
     shared: Arc<Shared>,
     peer: u64,
@@ -814,12 +827,9 @@ impl UcxPeer {
         // Where the owner polls, it posts too, on this thread. Host memory only: device
         // memory is posted with its context current, on the progress thread.
         if items.iter().all(|item| item.device == Device::Cpu) {
-            let posted = self.shared.inline(|progress| {
-                // The owner will poll: the thread leaves the worker to it meanwhile.
-                let until = Instant::now() + self.shared.owner_spin;
-                self.shared.owners.poll_until(until);
-                progress.post_op(id, self.peer, kind, key, &rkeys, &items);
-            });
+            let posted = self
+                .shared
+                .inline(|progress| progress.post_op(id, self.peer, kind, key, &rkeys, &items));
             if posted.is_some() {
                 return Ok(transfer(settlement));
             }
@@ -862,8 +872,8 @@ impl Peer for UcxPeer {
     }
 }
 
-/// An active operation: its gets or puts, flush and notification live on the thread, which
-/// settles it (see [`table`]).
+/// An active operation: its gets or puts, flush and notification live in the progress state,
+/// and whoever drives the worker settles it (see [`table`]).
 struct ActiveTransfer {
     shared: Arc<Shared>,
     id: u64,

@@ -29,6 +29,7 @@ use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -417,8 +418,8 @@ impl WorkerInner {
                 call: "ucp_worker_progress",
             });
         }
-        // SAFETY: live worker, used only from this thread (the types are !Send), and not from
-        // a callback (checked above).
+        // SAFETY: live worker, used by one thread at a time (the types are !Send; see
+        // "Threads" above), and not from a callback (checked above).
         let events = unsafe { result::worker_progress(self.raw) };
         self.in_progress.set(false);
         if let Some(payload) = self.panic.take() {
@@ -461,7 +462,7 @@ pub struct Worker {
 impl Worker {
     /// This worker's address, for a peer's [`Worker::connect`].
     pub fn address(&self) -> Result<WorkerAddress> {
-        // SAFETY: live worker, this thread only.
+        // SAFETY: live worker, used by one thread at a time (!Send; see "Threads" above).
         unsafe { result::worker_address(self.inner.raw) }.map(WorkerAddress)
     }
 
@@ -484,7 +485,7 @@ impl Worker {
     /// Arms the event fd (`ucp_worker_arm`): `true` when it is safe to sleep on it, `false`
     /// when events are pending and the worker must be progressed first.
     pub fn arm(&self) -> Result<bool> {
-        // SAFETY: live worker, this thread only.
+        // SAFETY: live worker, used by one thread at a time (!Send; see "Threads" above).
         unsafe { result::worker_arm(self.inner.raw) }
     }
 
@@ -496,7 +497,7 @@ impl Worker {
 
     /// Connects to a peer's worker (`ucp_ep_create`) in `mode`.
     pub fn connect(&self, address: &WorkerAddress, mode: ErrorMode) -> Result<Endpoint> {
-        let failure = Box::into_raw(Box::new(Cell::new(None::<i8>)));
+        let failure = Box::into_raw(Box::new(AtomicI8::new(NO_FAILURE)));
         let mut field_mask = sys::ucp_ep_params_field::UCP_EP_PARAM_FIELD_REMOTE_ADDRESS
             | sys::ucp_ep_params_field::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
         let err_mode = match mode {
@@ -662,14 +663,23 @@ unsafe extern "C" fn am_received(
     sys::ucs_status_t::UCS_OK
 }
 
-/// UCX's endpoint error callback: records the failure status for [`Endpoint::failure`].
+/// An endpoint's failure cell before UCX reported a failure (`UCS_OK`, which no error
+/// callback carries).
+const NO_FAILURE: i8 = 0;
+
+/// UCX's endpoint error callback: records the failure status for [`Endpoint::failure`]. UCX
+/// may call it from its async thread (transport errors it handles asynchronously), not only
+/// from the progress of the endpoint's worker, so the cell is atomic.
 unsafe extern "C" fn endpoint_failed(
     arg: *mut c_void,
     _ep: sys::ucp_ep_h,
     status: sys::ucs_status_t::Type,
 ) {
-    // SAFETY: `arg` is the endpoint's failure cell, alive until the endpoint is closed.
-    unsafe { &*arg.cast::<Cell<Option<i8>>>() }.set(Some(status));
+    if status != NO_FAILURE {
+        // SAFETY: `arg` is the endpoint's failure cell, alive until the endpoint is closed
+        // (or leaked, where UCX may still report).
+        unsafe { &*arg.cast::<AtomicI8>() }.store(status, Ordering::Release);
+    }
 }
 
 /// How an endpoint treats peer failure.
@@ -685,7 +695,7 @@ pub enum ErrorMode {
 
 struct EndpointInner {
     raw: NonNull<sys::ucp_ep>,
-    failure: *mut Cell<Option<i8>>,
+    failure: *mut AtomicI8,
     worker: Rc<WorkerInner>,
 }
 
@@ -695,7 +705,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 impl Drop for EndpointInner {
     fn drop(&mut self) {
         // SAFETY: the failure cell lives until this function frees it.
-        let failed = unsafe { &*self.failure }.get().is_some();
+        let failed = unsafe { &*self.failure }.load(Ordering::Acquire) != NO_FAILURE;
         let param = sys::ucp_request_param_t {
             op_attr_mask: sys::ucp_op_attr_t::UCP_OP_ATTR_FIELD_FLAGS,
             // A failed endpoint must be closed by force; a live one is flushed first.
@@ -759,15 +769,14 @@ impl Endpoint {
     /// The peer-failure status UCX reported for this endpoint ([`ErrorMode::Peer`]), if any.
     pub fn failure(&self) -> Option<Error> {
         // SAFETY: the failure cell lives as long as the endpoint.
-        unsafe { &*self.inner.failure }
-            .get()
-            .map(|code| result::status_error("endpoint error handler", code))
+        let code = unsafe { &*self.inner.failure }.load(Ordering::Acquire);
+        (code != NO_FAILURE).then(|| result::status_error("endpoint error handler", code))
     }
 
     /// What UCX prints about the endpoint (`ucp_ep_print_info`): one `lane[N]` line per
     /// transport and device it selected, with what each lane carries (`am`, `rma_bw`, ...).
     pub fn info(&self) -> Result<String> {
-        // SAFETY: live endpoint; its worker is used from this thread only (!Send).
+        // SAFETY: live endpoint; its worker is used by one thread at a time (!Send).
         unsafe { result::ep_info(self.inner.raw) }
     }
 

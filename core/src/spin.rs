@@ -44,13 +44,18 @@ pub enum Look {
 }
 
 impl Spin {
-    /// A window of `budget`, not yet started. A zero budget hands over at the first look.
+    /// A window of `budget` (at most [`Spin::LONGEST`]), not yet started. A zero budget hands
+    /// over at the first look.
     pub fn new(budget: Duration) -> Spin {
         Spin {
-            budget,
+            budget: budget.min(Spin::LONGEST),
             until: None,
         }
     }
+
+    /// The longest window: a budget beyond it is cut to it (an `Instant` that far ahead
+    /// could overflow).
+    pub const LONGEST: Duration = Duration::from_secs(3600);
 
     /// When the window ends; `None` before the first poll.
     pub fn until(&self) -> Option<Instant> {
@@ -90,6 +95,14 @@ mod tests {
         let slice = spin.slice();
         assert!(spin.until().is_some());
         assert_eq!(spin.next(slice), Look::HandOver);
+    }
+
+    #[test]
+    fn a_budget_of_ages_is_cut_to_the_longest_window() {
+        let mut spin = Spin::new(Duration::MAX);
+        let _ = spin.slice();
+        let left = spin.until().expect("started") - Instant::now();
+        assert!(left <= Spin::LONGEST);
     }
 
     #[test]

@@ -672,6 +672,17 @@ pub(super) fn run(
     inbox: Receiver<Command>,
     mut wake: UnixStream,
 ) {
+    // However the thread ends (a panic included), the progress state goes with it: owners
+    // then find no engine to drive, and a cancel that finds the thread gone may rely on
+    // nothing driving the worker any more.
+    struct TakeOnExit<'a>(&'a Engine);
+    impl Drop for TakeOnExit<'_> {
+        fn drop(&mut self) {
+            let progress = lock(self.0).take();
+            drop(progress);
+        }
+    }
+    let _take_on_exit = TakeOnExit(engine);
     let event_fd = lock(engine)
         .as_ref()
         .and_then(|progress| progress.worker.event_fd().ok());

@@ -1,8 +1,9 @@
-//! The outcome table: how each operation's ending is decided between its owner and the progress
-//! thread, through ferry-core's [`Settlement`] (the owner's side) and [`Settler`] (the table's).
+//! The outcome table: how each operation's ending is decided between its owner and whoever
+//! drives the worker (the progress thread, or an owner polling under the progress state's
+//! lock), through ferry-core's [`Settlement`] (the owner's side) and [`Settler`] (the table's).
 //!
 //! ```text
-//!  owner (caller threads)                    Table (one mutex)          progress thread
+//!  owner (caller threads)                    Table (one mutex)          worker's driver
 //!  ────────────────────                      ─────────────────          ───────────────
 //!  PassiveTransfer: Settlement ──── passive: KeyTable<Settler> ◄─ notify: take + settle
 //!  ActiveTransfer:  Settlement ──── active:  id → Settler      ◄─ end: settle_with(send
@@ -17,12 +18,15 @@
 //! - An active operation's completion notification is sent inside
 //!   [`Settler::settle_with`]: the owner's close comes wholly before it (the peer is told
 //!   `cancel` instead, and never sees both) or finds the operation `Complete`. A close that
-//!   decided waits for the thread to drain the operation's requests before it returns.
+//!   decided waits for the progress thread to drain the operation's requests before it
+//!   returns.
 //!
 //! Lock order: the table, then one settlement; never a settlement, then the table. (The
 //! closure given to `settle_with` may take the table: with UCX's `self` transport, a
 //! notification to this worker is delivered inside `am_send`; so nothing closes or settles an
-//! active operation while holding the table.)
+//! active operation while holding the table.) The progress state's lock, held by whoever
+//! drives the worker, comes before both; nothing takes it while holding the table or a
+//! settlement.
 //!
 //! This file is also compiled by ferry-core's loom model (`core/tests/loom_settlement.rs`
 //! includes it by path), which checks these races under every interleaving: it uses only
@@ -37,7 +41,7 @@ use ferry_core::{Error, KeyTable, Notification, NotificationKey, Settlement, Set
 use super::sync::{Mutex, MutexGuard};
 
 /// The settlers of every live operation of one backend, shared by its callers and its
-/// progress thread.
+/// worker's drivers.
 #[derive(Default)]
 pub(crate) struct Table {
     inner: Mutex<Inner>,
@@ -47,13 +51,13 @@ pub(crate) struct Table {
 struct Inner {
     /// Passive operations by notification key.
     passive: KeyTable<Settler>,
-    /// Active operations by id, until the progress thread ends them.
+    /// Active operations by id, until the worker's driver ends them.
     active: HashMap<u64, Settler>,
     /// Notifications that were not a key's completion or cancel message.
     unparsed: u64,
 }
 
-/// How the progress thread ended an active operation.
+/// How the worker's driver ended an active operation.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Ending<M> {
     /// `Complete`: the completion notification (`M`, still leaving) was sent.
@@ -69,7 +73,7 @@ pub(crate) enum Ending<M> {
 pub(crate) struct Counts {
     /// Passive operations waiting for their notification.
     pub(crate) live_keys: usize,
-    /// Active operations the progress thread has not ended.
+    /// Active operations the worker's driver has not ended.
     pub(crate) live_transfers: usize,
     /// Notifications that matched no live operation.
     pub(crate) unmatched: u64,
@@ -92,7 +96,7 @@ impl Table {
             .then_some(settlement)
     }
 
-    /// An inbound notification (the progress thread's active-message handler): settles the
+    /// An inbound notification (the active-message handler, run by whoever progresses the worker): settles the
     /// passive operation it names, `Complete` or `Cancelled` by the peer, and consumes its key.
     /// Whether it matched a live operation; a miss (unknown key, already ended, unparseable) is
     /// counted.
@@ -135,12 +139,12 @@ impl Table {
         settlement
     }
 
-    /// The settler of active operation `id`, for the progress thread; `None` once it ended.
+    /// The settler of active operation `id`, for the worker's driver; `None` once it ended.
     pub(crate) fn settler(&self, id: u64) -> Option<Settler> {
         self.lock().active.get(&id).cloned()
     }
 
-    /// Ends active operation `id` on the progress thread, once none of its requests is in
+    /// Ends active operation `id` (by the worker's driver), once none of its requests is in
     /// flight: `moved` says how they went, and `notify` sends the completion notification.
     /// The notification is sent only if the owner has not closed the operation, and settles it
     /// in the same step. The table forgets the operation before its owner can see the ending.
@@ -162,7 +166,7 @@ impl Table {
         ending.unwrap_or(Ending::Cancelled)
     }
 
-    /// The owner's cancel or drop of active operation `id`. The event the progress thread
+    /// The owner's cancel or drop of active operation `id`. The event the worker's driver
     /// settled first, if it did (it then has nothing of the operation in flight); otherwise
     /// this close decided (`Cancelled`), and `drain` is called to wait until the thread has
     /// no request of the operation in flight and has told the peer. Either way, once this
@@ -181,7 +185,7 @@ impl Table {
         settled
     }
 
-    /// Forgets active operation `id` (a post the progress thread never received).
+    /// Forgets active operation `id` (a post that never reached the worker).
     pub(crate) fn forget(&self, id: u64) {
         self.lock().active.remove(&id);
     }
