@@ -125,7 +125,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use ferry_core::spin::{Look, Spin};
+use ferry_core::spin::{Look, Spin, SLICE};
 use ferry_core::state::Event;
 use ferry_core::{
     BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed,
@@ -163,6 +163,14 @@ const AM_NOTIFY: u16 = 0x0f3e;
 /// flight (a bound in case a transport signals no event).
 const IDLE_SLEEP: Duration = Duration::from_millis(100);
 const BUSY_SLEEP: Duration = Duration::from_millis(1);
+
+/// An active operation moving more bytes than this polls itself for one slice at most
+/// ([`SLICE`]) before it hands over. An owner drives both its own worker and the process's
+/// others one after another, where the progress threads drive them side by side: past a
+/// slice, a transfer whose peer's worker must work too (over tcp, or between two Connectors
+/// of one process) moves faster with the threads. In one process over tcp, 1 MiB awaited
+/// with `join!` took a 1.43 ms p50 with a 1 ms window and 0.95 ms with the threads alone.
+const LARGE: usize = 256 * 1024;
 
 /// How long the progress thread keeps polling (yielding the CPU between polls) after its
 /// last command or event before it sleeps. Waking a thread that sleeps in poll(2) costs tens
@@ -817,12 +825,18 @@ impl UcxPeer {
         let settlement = self.shared.table.begin(id);
         let rkeys: Vec<Vec<u8>> = blob.regions.into_iter().map(|r| r.rkey).collect();
         let key = remote.notification_key;
+        let bytes: usize = items.iter().map(|item| item.len).sum();
+        let window = if bytes > LARGE {
+            self.shared.owner_spin.min(SLICE)
+        } else {
+            self.shared.owner_spin
+        };
         let transfer = |settlement| ActiveTransfer {
             shared: self.shared.clone(),
             id,
             settlement,
             ended: false,
-            spin: Spin::new(self.shared.owner_spin),
+            spin: Spin::new(window),
         };
         // Where the owner polls, it posts too, on this thread. Host memory only: device
         // memory is posted with its context current, on the progress thread.
