@@ -64,7 +64,9 @@
 //! - **Awaiting**: for [`UcxConfig::owner_spin`] (1 ms) from its first poll, an owner looks
 //!   at the worker itself, back to back within 200 µs slices ([`ferry_core::spin`]), and at
 //!   this process's other ucx workers too (the other side of a `join!` in its task may be
-//!   one). Until the last owner's window ends the thread leaves the worker alone and sleeps on
+//!   one). An active operation over [`LARGE`] bytes looks for one slice at most: past that,
+//!   the threads drive the two sides in parallel where one owner would drive them in turn.
+//!   Until the last owner's window ends the thread leaves the worker alone and sleeps on
 //!   its wake socket; afterwards it drives the worker again, lingering [`LINGER`] after its
 //!   last event before it sleeps on the event fd. An owner whose window ends with its
 //!   operation still running wakes the thread (which may be asleep, armed before that
