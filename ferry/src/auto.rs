@@ -25,6 +25,11 @@ pub struct BackendProbe {
     /// For a usable backend over a native transport library (`ucx`): which transports that
     /// library enabled and selected here, or why it could not say. `None` for the others.
     pub transports: Option<Result<Transports, String>>,
+    /// For a usable backend that can move CUDA device memory in some build (tcp, ucx, nixl):
+    /// `Ok` where it moves device memory in this build on this machine, else why not (no
+    /// `cuda` feature, no driver or device, a transport library without CUDA). `None` for
+    /// sim and for backends that cannot run here.
+    pub cuda: Option<Result<(), String>>,
 }
 
 /// Which transports a backend's native library enabled and selected on this machine.
@@ -74,15 +79,16 @@ pub fn probe() -> Probe {
                 )),
                 true => usable_here(name).err(),
             };
-            let transports = match unusable {
-                None => transports(name),
-                Some(_) => None,
+            let (transports, cuda) = match unusable {
+                None => (transports(name), cuda_support(name)),
+                Some(_) => (None, None),
             };
             BackendProbe {
                 name,
                 built,
                 unusable,
                 transports,
+                cuda,
             }
         })
         .collect();
@@ -140,6 +146,37 @@ fn transports(name: &str) -> Option<Result<Transports, String>> {
                 })
                 .map_err(|e| e.to_string()),
         ),
+        _ => None,
+    }
+}
+
+/// Whether a usable backend moves CUDA device memory here, or why not (`None` for sim). The
+/// native backends answer for a backend made as `Connector::auto` makes it.
+fn cuda_support(name: &str) -> Option<Result<(), String>> {
+    match name {
+        #[cfg(feature = "cuda")]
+        "tcp" => Some(
+            ferry_core::cuda::device_count()
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        ),
+        #[cfg(not(feature = "cuda"))]
+        "tcp" => Some(Err("this build has no `cuda` feature".to_string())),
+        #[cfg(feature = "ucx")]
+        "ucx" => Some(
+            ferry_backend_ucx::UcxBackend::new()
+                .map_err(|e| e.to_string())
+                .and_then(|backend| backend.cuda_support()),
+        ),
+        #[cfg(feature = "nixl")]
+        "nixl" => {
+            let agent = format!("ferry-probe-{}", std::process::id());
+            Some(
+                ferry_backend_nixl::NixlBackend::new(ferry_backend_nixl::NixlConfig::named(agent))
+                    .map_err(|e| e.to_string())
+                    .and_then(|backend| backend.cuda_support()),
+            )
+        }
         _ => None,
     }
 }
@@ -235,5 +272,28 @@ impl Connector {
     /// contains nothing else, and then a warning says so (`ferry probe` explains the choice).
     pub async fn auto() -> Result<Connector, Error> {
         Connector::builder().build().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_says_whether_each_usable_transport_moves_device_memory() {
+        let probe = probe();
+        for backend in &probe.backends {
+            match (backend.name, &backend.unusable) {
+                ("sim", _) | (_, Some(_)) => assert_eq!(backend.cuda, None, "{backend:?}"),
+                (_, None) => assert!(backend.cuda.is_some(), "{backend:?}"),
+            }
+        }
+        let tcp = probe.backends.iter().find(|b| b.name == "tcp").unwrap();
+        if !cfg!(feature = "cuda") {
+            assert_eq!(
+                tcp.cuda,
+                Some(Err("this build has no `cuda` feature".to_string()))
+            );
+        }
     }
 }

@@ -272,6 +272,11 @@ fn probe(json: bool) -> ExitCode {
             Some(Err(why)) => println!("{:<14} transports unknown: {why}", ""),
             None => {}
         }
+        match &b.cuda {
+            Some(Ok(())) => println!("{:<14} cuda device memory: yes", ""),
+            Some(Err(why)) => println!("{:<14} cuda device memory: no: {why}", ""),
+            None => {}
+        }
     }
     match &probe.choice {
         Ok(name) => println!("Connector::auto() picks: {name} ({})", probe.reason),
