@@ -58,14 +58,15 @@
 //! caller hands the post to the thread, the peer's thread wakes for the data and the flush,
 //! this thread for the flush's acknowledgement, the peer's thread and then its task for the
 //! notification. So the owners drive the worker themselves where they can:
-//! - **Posting** an active operation over host memory, mapping a readable's or writable's
-//!   host memory, and connecting to a new peer run on the caller's thread, under the lock
-//!   ([`UcxStats::thread_commands`] counts what still goes to the thread).
+//! - **Posting** a small active operation over host memory (at most [`LARGE`] bytes in at
+//!   most [`INLINE_DESCRIPTORS`] descriptors: a larger post is real work), mapping a
+//!   readable's or writable's host memory, and connecting to a new peer run on the caller's
+//!   thread, under the lock ([`UcxStats::thread_commands`] counts what still goes to the
+//!   thread).
 //! - **Awaiting**: for [`UcxConfig::owner_spin`] (1 ms) from its first poll, an owner looks
 //!   at the worker itself, back to back within 200 µs slices ([`ferry_core::spin`]), and at
 //!   this process's other ucx workers too (the other side of a `join!` in its task may be
-//!   one). An active operation over [`LARGE`] bytes looks for one slice at most: past that,
-//!   the threads drive the two sides in parallel where one owner would drive them in turn.
+//!   one). An operation over [`LARGE`] bytes is left to the threads from the start.
 //!   Until the last owner's window ends the thread leaves the worker alone and sleeps on
 //!   its wake socket; afterwards it drives the worker again, lingering [`LINGER`] after its
 //!   last event before it sleeps on the event fd. An owner whose window ends with its
@@ -127,7 +128,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use ferry_core::spin::{Look, Spin, SLICE};
+use ferry_core::spin::{Look, Spin};
 use ferry_core::state::Event;
 use ferry_core::{
     BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed,
@@ -166,13 +167,22 @@ const AM_NOTIFY: u16 = 0x0f3e;
 const IDLE_SLEEP: Duration = Duration::from_millis(100);
 const BUSY_SLEEP: Duration = Duration::from_millis(1);
 
-/// An active operation moving more bytes than this polls itself for one slice at most
-/// ([`SLICE`]) before it hands over. An owner drives both its own worker and the process's
-/// others one after another, where the progress threads drive them side by side: past a
-/// slice, a transfer whose peer's worker must work too (over tcp, or between two Connectors
-/// of one process) moves faster with the threads. In one process over tcp, 1 MiB awaited
-/// with `join!` took a 1.43 ms p50 with a 1 ms window and 0.95 ms with the threads alone.
+/// An operation moving more bytes than this is the progress threads' alone: its owner does
+/// not poll the worker, and an active one is posted by the thread. The wake-ups owners save
+/// matter little to a transfer this long, and an owner spinning beside the threads takes a
+/// CPU that they need: an owner drives its worker and the process's others one after
+/// another, the threads side by side, and over tcp both sides' workers copy. In one process
+/// over tcp (`ferry bench --quick`, `join!` of both sides), 1 MiB writes took a 1.43 ms p50
+/// with a 1 ms window, 1.52 ms with one slice, and 0.97–1.09 ms with the threads alone.
 const LARGE: usize = 256 * 1024;
+
+/// The most descriptors an active operation posted on its caller's thread may have (and it
+/// moves at most [`LARGE`] bytes); a larger one is posted by the progress thread. Posting
+/// does real work: over tcp UCX copies a put into the socket as it posts it, so in one
+/// process 1 MiB took `begin_write` about 1 ms on the caller's thread (and the whole write
+/// 1.5 ms, where the thread posting it took 1.0 ms), and 256 descriptors of 4 KiB 1.1 ms.
+/// `begin_*` must not block its task that long.
+const INLINE_DESCRIPTORS: usize = 16;
 
 /// How long the progress thread keeps polling (yielding the CPU between polls) after its
 /// last command or event before it sleeps. Waking a thread that sleeps in poll(2) costs tens
@@ -312,7 +322,7 @@ impl Shared {
             return Poll::Ready(event);
         }
         let window_open = spin.until().is_none_or(|until| Instant::now() < until);
-        if window_open && !self.owner_spin.is_zero() {
+        if window_open && !spin.budget().is_zero() {
             let slice = spin.slice();
             if let Some(until) = spin.until() {
                 self.owners.poll_until(until);
@@ -345,6 +355,16 @@ impl Shared {
             }
         }
         settlement.poll_ended(cx)
+    }
+
+    /// How long the owner of an operation moving `bytes` polls the worker itself: not at all
+    /// past [`LARGE`].
+    fn window(&self, bytes: usize) -> Duration {
+        if bytes > LARGE {
+            Duration::ZERO
+        } else {
+            self.owner_spin
+        }
     }
 
     /// Runs `job` on the progress state on this thread, under its lock, where owners drive it
@@ -699,7 +719,7 @@ impl UcxBackend {
                 shared: self.shared.clone(),
                 key,
                 settlement,
-                spin: Spin::new(self.shared.owner_spin),
+                spin: Spin::new(self.shared.window(local.iter().map(|d| d.len()).sum())),
             }),
         })
     }
@@ -828,11 +848,7 @@ impl UcxPeer {
         let rkeys: Vec<Vec<u8>> = blob.regions.into_iter().map(|r| r.rkey).collect();
         let key = remote.notification_key;
         let bytes: usize = items.iter().map(|item| item.len).sum();
-        let window = if bytes > LARGE {
-            self.shared.owner_spin.min(SLICE)
-        } else {
-            self.shared.owner_spin
-        };
+        let window = self.shared.window(bytes);
         let transfer = |settlement| ActiveTransfer {
             shared: self.shared.clone(),
             id,
@@ -840,9 +856,10 @@ impl UcxPeer {
             ended: false,
             spin: Spin::new(window),
         };
-        // Where the owner polls, it posts too, on this thread. Host memory only: device
-        // memory is posted with its context current, on the progress thread.
-        if items.iter().all(|item| item.device == Device::Cpu) {
+        // Where the owner polls, it posts a small operation too, on this thread. Host memory
+        // only: device memory is posted with its context current, on the progress thread.
+        let small = bytes <= LARGE && items.len() <= INLINE_DESCRIPTORS;
+        if small && items.iter().all(|item| item.device == Device::Cpu) {
             let posted = self
                 .shared
                 .inline(|progress| progress.post_op(id, self.peer, kind, key, &rkeys, &items));

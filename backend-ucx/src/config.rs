@@ -88,8 +88,8 @@ pub struct UcxConfig {
     pub error_handling: ErrorHandling,
     /// How long a task awaiting an operation (`wait_for_completion`, or a poll of `status`)
     /// polls the worker itself before it leaves the operation to the progress thread and
-    /// sleeps (an active operation over 256 KiB for 200 µs at most); an active operation's
-    /// post runs on the caller's thread too. Zero leaves everything to the progress thread.
+    /// sleeps (an operation over 256 KiB: not at all); a small active operation's post runs
+    /// on the caller's thread too. Zero leaves everything to the progress thread.
     /// Default 1 ms. See [`UcxBackend`](crate::UcxBackend)'s module docs, "Latency".
     pub owner_spin: Duration,
 }

@@ -57,6 +57,11 @@ impl Spin {
     /// could overflow).
     pub const LONGEST: Duration = Duration::from_secs(3600);
 
+    /// The window's length.
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
     /// When the window ends; `None` before the first poll.
     pub fn until(&self) -> Option<Instant> {
         self.until

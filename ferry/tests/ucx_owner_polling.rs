@@ -63,3 +63,22 @@ async fn without_owner_polling_the_thread_does_it_all() {
     assert!(reader_stats.thread_commands >= CYCLES, "{reader_stats:?}");
     assert!(owner_stats.thread_commands >= CYCLES, "{owner_stats:?}");
 }
+
+/// Regression: posting on the caller's thread made `begin_write` of 1 MiB over tcp take about
+/// 1 ms (UCX copies a put into the socket as it posts it), and an owner spinning beside the
+/// threads slowed large transfers. An operation over 256 KiB is posted by the thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_operations_are_posted_by_the_thread() {
+    if let Err(reason) = ferry::ucx::available() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let spin = UcxConfig::default().owner_spin;
+    let (reader, reader_backend) = connector("large-reader", spin).await;
+    let (owner, _owner_backend) = connector("large-owner", spin).await;
+    let source = ferry::demo::pattern(1 << 20, 7);
+    let mut landing = vec![0u8; source.len()];
+    common::read_in_pieces(&owner, &reader, &source, &mut landing, source.len()).await;
+    let stats = reader_backend.stats();
+    assert_eq!(stats.thread_commands, 1, "one post: {stats:?}");
+}
