@@ -408,15 +408,18 @@ impl NixlBackend {
             .map_err(|e| unavailable(format!("creating the UCX backend: {e}")))?;
         let cuda_support = cuda_support(&agent, &ucx);
         let progress = Progress::new(agent.clone(), config.max_poll_interval, config.owner_spin);
+        let devices = match cuda_support {
+            Ok(()) => vec![DeviceKind::Host, DeviceKind::Cuda],
+            Err(_) => vec![DeviceKind::Host],
+        };
         let shared = Arc::new(Shared {
             agent,
             progress: progress.clone(),
             capabilities: Capabilities {
                 backend: NAME,
-                devices: match cuda_support {
-                    Ok(()) => vec![DeviceKind::Host, DeviceKind::Cuda],
-                    Err(_) => vec![DeviceKind::Host],
-                },
+                // The transport reaches the peer's memory from here: the same kinds.
+                remote_devices: devices.clone(),
+                devices,
                 passive_observes_start: false,
                 passive_observes_peer_loss: false,
                 enforces_revocation: false,

@@ -40,6 +40,7 @@ impl SimBackend {
             capabilities: Capabilities {
                 backend: "sim",
                 devices: vec![DeviceKind::Host],
+                remote_devices: vec![DeviceKind::Host],
                 passive_observes_start: true,
                 passive_observes_peer_loss: true,
                 enforces_revocation: true,

@@ -54,7 +54,9 @@
 //! cancelled or failed transfer waits for its copies before it lets go of the memory. A CUDA
 //! error ends the operation with [`Error::Backend`] named `cuda` and the driver's code. The
 //! wire protocol does not change: a peer cannot tell device memory from host memory, so
-//! either side may use either.
+//! either side may use either, and a build without `cuda` pairs with a peer's device memory
+//! (`Capabilities::remote_devices` lists every kind): a CPU-only worker reads a GPU worker's
+//! readable.
 //!
 //! The staging buffers are **pageable** host memory: cudarc's pinned allocation is an
 //! `unsafe fn` and this crate forbids `unsafe`. The driver then stages each copy through its
@@ -364,6 +366,8 @@ impl TcpBackend {
             capabilities: Capabilities {
                 backend: NAME,
                 devices: DEVICES.to_vec(),
+                // The peer stages its own device memory: the wire carries host bytes.
+                remote_devices: vec![DeviceKind::Host, DeviceKind::Cuda],
                 passive_observes_start: true,
                 passive_observes_peer_loss: true,
                 enforces_revocation: true,

@@ -491,6 +491,10 @@ impl UcxBackend {
             }
             Err(_) => return Err(unavailable("the progress thread did not start".into())),
         };
+        let devices = match cuda_support {
+            Ok(()) => vec![DeviceKind::Host, DeviceKind::Cuda],
+            Err(_) => vec![DeviceKind::Host],
+        };
         let shared = Arc::new(Shared {
             commands: Mutex::new(commands),
             engine,
@@ -506,10 +510,9 @@ impl UcxBackend {
             entropy: Mutex::new(entropy),
             capabilities: Capabilities {
                 backend: NAME,
-                devices: match cuda_support {
-                    Ok(()) => vec![DeviceKind::Host, DeviceKind::Cuda],
-                    Err(_) => vec![DeviceKind::Host],
-                },
+                // The transport reaches the peer's memory from here: the same kinds.
+                remote_devices: devices.clone(),
+                devices,
                 passive_observes_start: false,
                 passive_observes_peer_loss: false,
                 enforces_revocation: false,

@@ -34,6 +34,12 @@ pub struct Capabilities {
     pub backend: &'static str,
     /// The memory kinds it can move.
     pub devices: Vec<DeviceKind>,
+    /// The memory kinds of a peer's descriptors it can pair with. The same as `devices` where
+    /// this side's transport touches the peer's memory (RDMA, CMA, CUDA IPC: the local side
+    /// needs what reaching it takes); every kind where the peer moves its own memory (tcp,
+    /// whose peer stages device memory through its own host buffers, so a host-only build
+    /// reads a GPU worker's readable).
+    pub remote_devices: Vec<DeviceKind>,
     /// Whether a passive operation sees its peer start (and so reports `InProgress`).
     pub passive_observes_start: bool,
     /// Whether a passive operation sees its peer vanish (and ends `Errored(PeerLost)`).
@@ -55,6 +61,11 @@ impl Capabilities {
     /// Whether the backend can reach memory on `device`.
     pub fn reaches(&self, device: Device) -> bool {
         self.devices.contains(&device.kind())
+    }
+
+    /// Whether the backend can pair with a peer's memory on `device`.
+    pub fn reaches_remote(&self, device: Device) -> bool {
+        self.remote_devices.contains(&device.kind())
     }
 }
 

@@ -93,7 +93,11 @@ fn check_mixed(regions: &[Region], side: Side) -> Result<(), Error> {
 
 fn check_devices(regions: &[Region], side: Side, capabilities: &Capabilities) -> Result<(), Error> {
     check_mixed(regions, side)?;
-    match regions.iter().find(|r| !capabilities.reaches(r.device)) {
+    let reaches = |r: &&Region| match side {
+        Side::Local => capabilities.reaches(r.device),
+        Side::Remote => capabilities.reaches_remote(r.device),
+    };
+    match regions.iter().find(|r| !reaches(r)) {
         Some(r) => Err(Error::UnsupportedDevice {
             device: r.device,
             backend: capabilities.backend,
@@ -106,5 +110,63 @@ fn check_writable(writable: &[bool]) -> Result<(), Error> {
     match writable.iter().position(|w| !w) {
         Some(index) => Err(Error::ReadOnlyDescriptor { index }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Device, DeviceKind};
+
+    fn capabilities(devices: Vec<DeviceKind>, remote_devices: Vec<DeviceKind>) -> Capabilities {
+        Capabilities {
+            backend: "test",
+            devices,
+            remote_devices,
+            passive_observes_start: false,
+            passive_observes_peer_loss: false,
+            enforces_revocation: false,
+            cross_host: true,
+            progress_needs_polling: false,
+        }
+    }
+
+    fn on(device: Device) -> [Region; 1] {
+        [Region {
+            addr: 0x1000,
+            len: 16,
+            device,
+        }]
+    }
+
+    #[test]
+    fn a_peers_memory_is_checked_against_what_the_backend_pairs_with() {
+        let refused = Err(Error::UnsupportedDevice {
+            device: Device::cuda(0),
+            backend: "test",
+        });
+        // A host-only build whose peer stages its own device memory (tcp).
+        let staged = capabilities(
+            vec![DeviceKind::Host],
+            vec![DeviceKind::Host, DeviceKind::Cuda],
+        );
+        assert_eq!(
+            check_devices(&on(Device::cuda(0)), Side::Remote, &staged),
+            Ok(())
+        );
+        assert_eq!(
+            check_devices(&on(Device::cuda(0)), Side::Local, &staged),
+            refused
+        );
+        // A host-only build whose transport reaches the peer's memory itself (ucx, nixl).
+        let direct = capabilities(vec![DeviceKind::Host], vec![DeviceKind::Host]);
+        assert_eq!(
+            check_devices(&on(Device::cuda(0)), Side::Remote, &direct),
+            refused
+        );
+        assert_eq!(
+            check_devices(&on(Device::Cpu), Side::Remote, &direct),
+            Ok(())
+        );
     }
 }

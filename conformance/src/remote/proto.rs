@@ -254,12 +254,15 @@ impl Out {
         }
     }
     fn capabilities(&mut self, c: &Capabilities) -> &mut Self {
-        self.text(c.backend).u64(c.devices.len() as u64);
-        for device in &c.devices {
-            self.u8(match device {
-                DeviceKind::Host => 0,
-                DeviceKind::Cuda => 1,
-            });
+        self.text(c.backend);
+        for kinds in [&c.devices, &c.remote_devices] {
+            self.u64(kinds.len() as u64);
+            for device in kinds {
+                self.u8(match device {
+                    DeviceKind::Host => 0,
+                    DeviceKind::Cuda => 1,
+                });
+            }
         }
         for flag in [
             c.passive_observes_start,
@@ -407,25 +410,31 @@ impl In<'_> {
     }
     fn capabilities(&mut self) -> io::Result<Capabilities> {
         let backend = backend_name(&self.text()?);
-        let count = self.len()?;
-        let mut devices = Vec::with_capacity(count.min(4));
-        for _ in 0..count {
-            devices.push(match self.u8()? {
-                0 => DeviceKind::Host,
-                1 => DeviceKind::Cuda,
-                _ => return Err(bad("device kind")),
-            });
-        }
+        let devices = self.device_kinds()?;
+        let remote_devices = self.device_kinds()?;
         let mut flag = || -> io::Result<bool> { Ok(self.u8()? != 0) };
         Ok(Capabilities {
             backend,
             devices,
+            remote_devices,
             passive_observes_start: flag()?,
             passive_observes_peer_loss: flag()?,
             enforces_revocation: flag()?,
             cross_host: flag()?,
             progress_needs_polling: flag()?,
         })
+    }
+    fn device_kinds(&mut self) -> io::Result<Vec<DeviceKind>> {
+        let count = self.len()?;
+        let mut kinds = Vec::with_capacity(count.min(4));
+        for _ in 0..count {
+            kinds.push(match self.u8()? {
+                0 => DeviceKind::Host,
+                1 => DeviceKind::Cuda,
+                _ => return Err(bad("device kind")),
+            });
+        }
+        Ok(kinds)
     }
     fn event(&mut self) -> io::Result<Event> {
         Ok(match self.u8()? {
@@ -758,6 +767,7 @@ mod tests {
                 result: Ok(Capabilities {
                     backend: "nixl",
                     devices: vec![DeviceKind::Host, DeviceKind::Cuda],
+                    remote_devices: vec![DeviceKind::Host],
                     passive_observes_start: false,
                     passive_observes_peer_loss: true,
                     enforces_revocation: false,
