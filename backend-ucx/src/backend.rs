@@ -68,7 +68,8 @@
 //!   this process's other ucx workers too (the other side of a `join!` in its task may be
 //!   one). An operation over [`LARGE`] bytes is left to the threads from the start.
 //!   Until the last owner's window ends the thread leaves the worker alone and sleeps on
-//!   its wake socket; afterwards it drives the worker again, lingering [`LINGER`] after its
+//!   its wake socket, unless a live operation relies on it (a large one, or one whose owner's
+//!   window ended); afterwards it drives the worker again, lingering [`LINGER`] after its
 //!   last event before it sleeps on the event fd. An owner whose window ends with its
 //!   operation still running wakes the thread (which may be asleep, armed before that
 //!   operation existed).
@@ -150,7 +151,7 @@ mod sync {
 
 use crate::blob::{RegionKey, UcxBlob, NAME};
 use crate::config::{self, UcxConfig};
-use progress::{Command, Engine, Item, Looked, Owners, Progress};
+use progress::{Command, Engine, Item, Looked, Owners, Progress, Relying};
 use table::Table;
 
 /// How long a cancel lets posted gets and puts finish before giving up (see the module docs).
@@ -315,6 +316,7 @@ impl Shared {
     fn poll_owned(
         &self,
         spin: &mut Spin,
+        relying: &mut Option<Relying>,
         settlement: &Settlement,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Event> {
@@ -334,6 +336,7 @@ impl Shared {
                 }
                 if looked == Looked::NotOurs {
                     // Shut down, or driven by its thread alone: wait for the settle.
+                    relying.get_or_insert_with(|| self.owners.rely());
                     break;
                 }
                 match spin.next(slice) {
@@ -346,8 +349,10 @@ impl Shared {
                         return Poll::Pending;
                     }
                     Look::HandOver => {
-                        // The thread may be asleep for up to IDLE_SLEEP, armed before this
-                        // operation existed: it drives the worker from now on.
+                        // The thread drives the worker from now on, other owners' windows
+                        // notwithstanding; it may be asleep for up to IDLE_SLEEP, armed before
+                        // this operation existed.
+                        relying.get_or_insert_with(|| self.owners.rely());
                         let _ = (&self.wake).write(&[1]);
                         break;
                     }
@@ -706,6 +711,13 @@ impl UcxBackend {
             regions,
         }
         .to_endpoint();
+        let window = self.shared.window(local.iter().map(|d| d.len()).sum());
+        let relying = window.is_zero().then(|| self.shared.owners.rely());
+        if relying.is_some() {
+            // The thread watches for this one's notification, even while owners poll: it may
+            // be asleep on its wake socket until their windows end.
+            let _ = (&self.shared.wake).write(&[1]);
+        }
         let settlement = self
             .shared
             .table
@@ -722,7 +734,8 @@ impl UcxBackend {
                 shared: self.shared.clone(),
                 key,
                 settlement,
-                spin: Spin::new(self.shared.window(local.iter().map(|d| d.len()).sum())),
+                spin: Spin::new(window),
+                relying,
             }),
         })
     }
@@ -784,6 +797,8 @@ struct PassiveTransfer {
     key: NotificationKey,
     settlement: Settlement,
     spin: Spin,
+    /// Set while the operation relies on the progress thread (see `Owners`).
+    relying: Option<Relying>,
 }
 
 impl Transfer for PassiveTransfer {
@@ -792,7 +807,8 @@ impl Transfer for PassiveTransfer {
         cx: &mut TaskContext<'_>,
         _local: &mut [Descriptor<'_>],
     ) -> Poll<Event> {
-        self.shared.poll_owned(&mut self.spin, &self.settlement, cx)
+        self.shared
+            .poll_owned(&mut self.spin, &mut self.relying, &self.settlement, cx)
     }
 
     fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
@@ -852,12 +868,15 @@ impl UcxPeer {
         let key = remote.notification_key;
         let bytes: usize = items.iter().map(|item| item.len).sum();
         let window = self.shared.window(bytes);
-        let transfer = |settlement| ActiveTransfer {
+        // Before the post: the thread must not leave this one to owners' windows.
+        let relying = window.is_zero().then(|| self.shared.owners.rely());
+        let transfer = |settlement, relying| ActiveTransfer {
             shared: self.shared.clone(),
             id,
             settlement,
             ended: false,
             spin: Spin::new(window),
+            relying,
         };
         // Where the owner polls, it posts a small operation too, on this thread. Host memory
         // only: device memory is posted with its context current, on the progress thread.
@@ -867,7 +886,7 @@ impl UcxPeer {
                 .shared
                 .inline(|progress| progress.post_op(id, self.peer, kind, key, &rkeys, &items));
             if posted.is_some() {
-                return Ok(transfer(settlement));
+                return Ok(transfer(settlement, relying));
             }
         }
         // The post is not waited for (an answer would cost the caller a wake-up): what fails on
@@ -883,7 +902,7 @@ impl UcxPeer {
             items,
         });
         match posted {
-            Ok(()) => Ok(transfer(settlement)),
+            Ok(()) => Ok(transfer(settlement, relying)),
             Err(e) => {
                 // The thread is gone and never saw the post.
                 self.shared.table.forget(id);
@@ -917,6 +936,8 @@ struct ActiveTransfer {
     /// `poll_event` returned the ending, or `cancel` ran: the drop has nothing to close.
     ended: bool,
     spin: Spin,
+    /// Set while the operation relies on the progress thread (see `Owners`).
+    relying: Option<Relying>,
 }
 
 impl Transfer for ActiveTransfer {
@@ -925,7 +946,9 @@ impl Transfer for ActiveTransfer {
         cx: &mut TaskContext<'_>,
         _local: &mut [Descriptor<'_>],
     ) -> Poll<Event> {
-        let polled = self.shared.poll_owned(&mut self.spin, &self.settlement, cx);
+        let polled =
+            self.shared
+                .poll_owned(&mut self.spin, &mut self.relying, &self.settlement, cx);
         self.ended = polled.is_ready();
         polled
     }

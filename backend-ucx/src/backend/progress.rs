@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, TryLockError, Weak};
 use std::time::{Duration, Instant};
@@ -91,12 +91,26 @@ pub(super) fn look_at_others(own: &Arc<Engine>) {
     }
 }
 
-/// Until when some owner polls the worker itself (its window, [`ferry_core::spin`]): the
-/// progress thread leaves the worker to owners until then, and only runs commands.
+/// Until when some owner polls the worker itself (its window, [`ferry_core::spin`]), and how
+/// many live operations rely on the progress thread instead (too large for owners to poll, or
+/// handed over when their owner's window ended). The thread leaves the worker to owners, and
+/// only runs commands, while a window lasts and no operation relies on it.
 pub(super) struct Owners {
     epoch: Instant,
     /// Nanoseconds after `epoch`.
     until: AtomicU64,
+    relying: AtomicUsize,
+}
+
+/// A live operation's reliance on the progress thread, until dropped.
+pub(super) struct Relying {
+    owners: Arc<Owners>,
+}
+
+impl Drop for Relying {
+    fn drop(&mut self) {
+        self.owners.relying.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Owners {
@@ -104,6 +118,24 @@ impl Owners {
         Owners {
             epoch: Instant::now(),
             until: AtomicU64::new(0),
+            relying: AtomicUsize::new(0),
+        }
+    }
+
+    /// An operation relies on the thread from now until the guard is dropped.
+    pub(super) fn rely(self: &Arc<Owners>) -> Relying {
+        self.relying.fetch_add(1, Ordering::AcqRel);
+        Relying {
+            owners: Arc::clone(self),
+        }
+    }
+
+    /// Whether the thread may leave the worker to owners at `now`: a window lasts (until when)
+    /// and no operation relies on the thread.
+    fn owned_until(&self, now: Instant) -> Option<Instant> {
+        match self.relying.load(Ordering::Acquire) {
+            0 => self.until(now),
+            _ => None,
         }
     }
 
@@ -713,7 +745,7 @@ pub(super) fn run(
         let now = Instant::now();
         // A cancel waits on this thread for its operation's requests to finish: drive them.
         let owned = owners
-            .until(now)
+            .owned_until(now)
             .filter(|_| progress.drivable() && !progress.cancelling());
         if owned.is_none() {
             busy |= progress.look();
@@ -775,4 +807,25 @@ fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
             std::ptr::null(),
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_relying_on_the_thread_keeps_owners_windows_from_parking_it() {
+        let owners = Arc::new(Owners::new());
+        let now = Instant::now();
+        assert_eq!(owners.owned_until(now), None, "no window yet");
+        let end = now + Duration::from_secs(60);
+        owners.poll_until(end);
+        let owned = owners.owned_until(now).expect("a window lasts");
+        assert!(owned > now && owned <= end + Duration::from_micros(1));
+        let relying = owners.rely();
+        assert_eq!(owners.owned_until(now), None, "a large or handed-over operation");
+        drop(relying);
+        assert!(owners.owned_until(now).is_some());
+        assert_eq!(owners.owned_until(end + Duration::from_secs(1)), None, "window over");
+    }
 }
