@@ -823,9 +823,17 @@ mod tests {
         let owned = owners.owned_until(now).expect("a window lasts");
         assert!(owned > now && owned <= end + Duration::from_micros(1));
         let relying = owners.rely();
-        assert_eq!(owners.owned_until(now), None, "a large or handed-over operation");
+        assert_eq!(
+            owners.owned_until(now),
+            None,
+            "a large or handed-over operation"
+        );
         drop(relying);
         assert!(owners.owned_until(now).is_some());
-        assert_eq!(owners.owned_until(end + Duration::from_secs(1)), None, "window over");
+        assert_eq!(
+            owners.owned_until(end + Duration::from_secs(1)),
+            None,
+            "window over"
+        );
     }
 }
