@@ -68,30 +68,7 @@ pub struct Probe {
 
 /// Looks at this build and this machine.
 pub fn probe() -> Probe {
-    let backends: Vec<BackendProbe> = PREFERENCE
-        .iter()
-        .chain(["sim"].iter())
-        .map(|&name| {
-            let built = built(name);
-            let unusable = match built {
-                false => Some(format!(
-                    "not in this build (enable the cargo feature `{name}`)"
-                )),
-                true => usable_here(name).err(),
-            };
-            let (transports, cuda) = match unusable {
-                None => (transports(name), cuda_support(name)),
-                Some(_) => (None, None),
-            };
-            BackendProbe {
-                name,
-                built,
-                unusable,
-                transports,
-                cuda,
-            }
-        })
-        .collect();
+    let backends = survey(true);
     let (choice, reason) = match choose(&backends) {
         Ok((name, reason)) => (Ok(name), reason),
         Err(e) => (
@@ -104,6 +81,37 @@ pub fn probe() -> Probe {
         choice,
         reason,
     }
+}
+
+/// Every backend ferry knows: built, usable here, and with `details` what its transports
+/// selected and whether it moves device memory. The details make throwaway native backends
+/// (a UCX context, a NIXL agent), so only `ferry probe` asks for them, not every
+/// `Connector::auto`.
+fn survey(details: bool) -> Vec<BackendProbe> {
+    PREFERENCE
+        .iter()
+        .chain(["sim"].iter())
+        .map(|&name| {
+            let built = built(name);
+            let unusable = match built {
+                false => Some(format!(
+                    "not in this build (enable the cargo feature `{name}`)"
+                )),
+                true => usable_here(name).err(),
+            };
+            let (transports, cuda) = match unusable {
+                None if details => (transports(name), cuda_support(name)),
+                _ => (None, None),
+            };
+            BackendProbe {
+                name,
+                built,
+                unusable,
+                transports,
+                cuda,
+            }
+        })
+        .collect()
 }
 
 /// Whether this build contains the backend (each transport backend adds its feature here).
@@ -224,7 +232,7 @@ fn choose(backends: &[BackendProbe]) -> Result<(&'static str, String), Error> {
 
 /// The backend `Connector::auto()` and a builder without a backend use.
 pub(crate) async fn default_backend(worker_id: Option<&str>) -> Result<Arc<dyn Backend>, Error> {
-    let (name, reason) = choose(&probe().backends)?;
+    let (name, reason) = choose(&survey(false))?;
     if name == "sim" {
         tracing::warn!(%reason, "ferry is using the sim backend");
     } else {
@@ -288,6 +296,12 @@ mod tests {
                 (_, None) => assert!(backend.cuda.is_some(), "{backend:?}"),
             }
         }
+        assert!(
+            survey(false)
+                .iter()
+                .all(|b| b.cuda.is_none() && b.transports.is_none()),
+            "Connector::auto's survey makes no throwaway backends"
+        );
         let tcp = probe.backends.iter().find(|b| b.name == "tcp").unwrap();
         if !cfg!(feature = "cuda") {
             assert_eq!(
