@@ -357,7 +357,7 @@ pub async fn one_process(
 /// device 0 or the host) and answers `{"metadata":…}`, then `{"done":true}` once the reader
 /// has finished; it serves until its input closes.
 pub async fn serve_peer(stream: Arc<CudaStream>) -> Result<()> {
-    let mut channel = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
+    let mut channel = ferry_benches::lines::peer_stdio();
     let connector = connector(Backend::Tcp).await?;
     let mut memory: Option<(usize, bool, Memory)> = None;
     loop {

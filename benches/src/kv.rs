@@ -159,7 +159,7 @@ pub async fn run_peer_on(connector: Connector, blocks: u32) -> Result<()> {
             }
         }
     }
-    let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
+    let mut io = crate::lines::peer_stdio();
     io.send(&json!({"ready": true, "pid": std::process::id()}))
         .await?;
     loop {

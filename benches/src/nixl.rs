@@ -204,7 +204,7 @@ struct PeerSide {
 /// target polling as `polling` says. Everything it prints on stdout is one JSON line; its first
 /// line is `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when NIXL is not usable.
 pub async fn run_peer(polling: Polling) -> Result<()> {
-    let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
+    let mut io = crate::lines::peer_stdio();
     let pid = std::process::id();
     let ferry = match connector(&format!("ferry-bench-peer-{pid}"), 0).await {
         Ok(ferry) => ferry,

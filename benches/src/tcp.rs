@@ -28,7 +28,7 @@ use ferry::Connector;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::lines::{Closed, JsonLines};
+use crate::lines::Closed;
 use crate::peer::{serve_count, transfer_against, transfer_batch, Local, PeerBuffer, PeerProcess};
 use crate::stats::{IterationPlan, Summary};
 use crate::{baseline, checksum, operation_limit, Result};
@@ -75,7 +75,7 @@ pub async fn run_peer() -> Result<()> {
     let echo_port = echo.local_addr()?.port();
     tokio::spawn(baseline::serve_ping_pong(echo));
 
-    let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
+    let mut io = crate::lines::peer_stdio();
     io.send(&json!({"ready": true, "echo_port": echo_port, "pid": std::process::id()}))
         .await?;
     // Buffer 0 serves single operations; a batch of N uses buffers 0..N.

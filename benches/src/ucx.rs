@@ -42,7 +42,7 @@ use ferry::Connector;
 use serde_json::json;
 
 use crate::clock::unix_nanos;
-use crate::lines::{Closed, JsonLines};
+use crate::lines::Closed;
 use crate::peer::{
     serve_count, transfer_against, transfer_batch, Direction, Local, PeerBuffer, PeerProcess,
 };
@@ -107,7 +107,7 @@ pub async fn connector(worker_id: &str, config: &UcxConfig) -> Result<Connector>
 /// `count` for a batch) with [`serve_count`] until `exit` or end of input. Its first line is
 /// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
 pub async fn run_peer(config: UcxConfig) -> Result<()> {
-    let mut io = JsonLines::new(tokio::io::stdin(), tokio::io::stdout());
+    let mut io = crate::lines::peer_stdio();
     let connector = match connector("ferry-bench-ucx-peer", &config).await {
         Ok(connector) => connector,
         Err(e) => {
