@@ -78,9 +78,10 @@
 
 pub mod library;
 mod progress;
+mod zlib;
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -524,16 +525,12 @@ impl Shared {
             .agent
             .get_local_md()
             .map_err(|e| backend_error(e, Side::Local, "get_local_md"))?;
-        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
-        let compressed = encoder
-            .write_all(&metadata)
-            .and_then(|()| encoder.finish())
-            .map_err(|e| Error::Backend {
-                backend: NAME,
-                side: Side::Local,
-                code: -8,
-                message: format!("compressing agent metadata: {e}"),
-            })?;
+        let compressed = zlib::deflate(&metadata).map_err(|e| Error::Backend {
+            backend: NAME,
+            side: Side::Local,
+            code: -8,
+            message: format!("compressing agent metadata: {e}"),
+        })?;
         {
             // Remember our own blobs: a Connector may pair with itself, and NIXL refuses to
             // load an agent's own metadata (it transfers locally under its own name instead).
@@ -573,18 +570,14 @@ impl Shared {
             *used = tick;
             return Ok(name.clone());
         }
-        let mut metadata = Vec::new();
-        flate2::read::ZlibDecoder::new(compressed)
-            .take(MAX_AGENT_METADATA as u64 + 1)
-            .read_to_end(&mut metadata)
-            .map_err(|e| Error::InvalidMetadata {
+        let metadata = zlib::inflate(compressed, MAX_AGENT_METADATA).map_err(|e| match e {
+            zlib::InflateError::Corrupt(e) => Error::InvalidMetadata {
                 reason: format!("nixl_metadata does not inflate: {e}"),
-            })?;
-        if metadata.len() > MAX_AGENT_METADATA {
-            return Err(Error::InvalidMetadata {
+            },
+            zlib::InflateError::TooLarge => Error::InvalidMetadata {
                 reason: format!("agent metadata inflates past {MAX_AGENT_METADATA} bytes"),
-            });
-        }
+            },
+        })?;
         let name = self.agent.load_remote_md(&metadata).map_err(|e| match e {
             // The metadata parsed, but the UCX plugin could not connect to the agent it
             // names (its process is gone, or unreachable).
