@@ -2,8 +2,10 @@
 //!
 //! It speaks Dynamo 1.6.1's `nixl_connect` protocol, so a ferry worker and a Dynamo Python
 //! worker pair:
-//! - a passive operation's `nixl_metadata` is `"b64:"` + base64 of the zlib-compressed agent
-//!   metadata (`get_local_md`), exactly as Dynamo writes it;
+//! - a passive operation's `nixl_metadata` is `"b64:"` + base64 of the agent metadata
+//!   (`get_local_md`) as a zlib stream, the form Dynamo writes and reads (small metadata is
+//!   stored in the stream rather than compressed, which `zlib.decompress` reads alike; see
+//!   `zlib.rs`);
 //! - the active side loads that metadata (once per distinct blob; see below), builds transfer
 //!   descriptor lists over both sides' regions and posts one NIXL transfer whose notification
 //!   message is the notification key's text;
