@@ -22,12 +22,9 @@ use ferry::Connector;
 use serde_json::{json, Value};
 
 use crate::lines::{error_of, Closed, JsonLines};
-use crate::peer::PeerProcess;
+use crate::peer::{PeerProcess, COMMAND_LIMIT};
 use crate::stats::{IterationPlan, Summary};
 use crate::{operation_limit, tcp, Result};
-
-/// How long the peer waits for its next command.
-const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
 /// Llama-3-70B's KV cache, BF16: 80 layers, 8 KV heads of 128, 16-token blocks; K and V
 /// apart. One chunk (a block of one layer's K or V) is 32 KiB; a block across the model is

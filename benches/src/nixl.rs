@@ -72,6 +72,7 @@ use crate::clock::unix_nanos;
 use crate::lines::{error_of, Closed, JsonLines};
 use crate::peer::{
     expose_and_await, serve_pieces, transfer_against, Direction, Local, PeerBuffer, PeerProcess,
+    COMMAND_LIMIT,
 };
 use crate::stats::{IterationPlan, Summary};
 use crate::{checksum, operation_limit, Result};
@@ -93,9 +94,6 @@ pub const RAW_WRITE_FILL: u8 = 0x5a;
 /// Registrations a cached Connector keeps: each process uses one buffer per size and
 /// direction, so a few are plenty.
 pub const CACHE_CAPACITY: usize = 4;
-
-/// How long the peer waits for its next command before it gives up on the active side.
-const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
 /// How long a reply that needs no transfer (raw set-up, row end) may take.
 const REPLY_LIMIT: Duration = Duration::from_secs(60);

@@ -19,7 +19,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::clock::unix_nanos;
 use crate::join::{join_all, BoxFuture};
-use crate::lines::{error_of, JsonLines};
+use crate::lines::{error_of, Closed, JsonLines};
 use crate::{checksum, operation_limit, Result};
 
 /// How long the peer may take to start and report ready.
@@ -397,6 +397,62 @@ pub fn in_flight_widths(size: usize, in_flight: usize, batch_bytes: usize) -> Ve
     }
 }
 
+/// How long a peer waits for its next command before it gives up on the active side.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(600);
+
+/// The peer's command loop: answers each `readable`/`writable` command (`size`, `verify`,
+/// `count` for a batch, `descriptors` for a split operation) with [`serve_count`], until
+/// `exit` or the end of input; anything else is answered `{"error":…}`. Its buffers are freed
+/// when it returns.
+pub async fn serve_commands<R, W>(
+    connector: &Connector,
+    io: &mut JsonLines<R, W>,
+    read_seed: fn(usize) -> u64,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Buffer 0 serves single operations; a batch of N uses buffers 0..N.
+    let mut buffers: Vec<PeerBuffer> = Vec::new();
+    loop {
+        let command = match io.recv(COMMAND_LIMIT).await {
+            Ok(command) => command,
+            Err(e) if e.is::<Closed>() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let number = |field: &str| {
+            command[field]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+        };
+        let (size, count) = (number("size"), number("count").unwrap_or(1));
+        let descriptors = number("descriptors").unwrap_or(1);
+        let verify = command["verify"].as_bool().unwrap_or(false);
+        let op = command["op"].as_str().unwrap_or_default();
+        match (op, Direction::from_passive(op), size) {
+            ("exit", _, _) => return Ok(()),
+            (_, Some(direction), Some(size)) if count >= 1 && size.checked_mul(count).is_some() => {
+                serve_count(
+                    connector,
+                    io,
+                    &mut buffers,
+                    direction,
+                    size,
+                    (count, descriptors),
+                    verify,
+                    read_seed,
+                )
+                .await?
+            }
+            _ => {
+                let error = format!("unknown command {command}");
+                io.send(&json!({ "error": error })).await?
+            }
+        }
+    }
+}
+
 /// Serves one `readable`/`writable` command on the peer: one operation over buffer 0, its
 /// bytes split over `descriptors` descriptors ([`serve_pieces`], with the pattern of
 /// `read_seed(0)`), when `count` is 1, else a batch over buffers `0..count` ([`serve_batch`],
@@ -584,6 +640,50 @@ pub async fn transfer_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_command_loop_serves_refuses_and_exits() {
+        let world = ferry::sim::SimWorld::new(7);
+        let connector = |name: &str| {
+            let backend = ferry::sim::SimBackend::new(&world, name).unwrap();
+            Connector::builder()
+                .worker_id(name)
+                .backend(backend)
+                .build()
+        };
+        let (peer, active) = (
+            connector("peer").await.unwrap(),
+            connector("active").await.unwrap(),
+        );
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let (far_read, far_write) = tokio::io::split(far);
+        let serving = tokio::spawn(async move {
+            let mut io = JsonLines::new(far_read, far_write);
+            serve_commands(&peer, &mut io, |i| 40 + i as u64).await
+        });
+        let (near_read, near_write) = tokio::io::split(near);
+        let mut io = JsonLines::new(near_read, near_write);
+        let limit = Duration::from_secs(10);
+        io.send(&json!({"op": "juggle", "size": 4096}))
+            .await
+            .unwrap();
+        let refused = io.recv(limit).await.unwrap();
+        assert!(error_of(&refused).unwrap().contains("unknown command"));
+        io.send(&json!({"op": "readable", "size": 4096}))
+            .await
+            .unwrap();
+        let metadata = recv_metadata(&mut io, 4096, limit).await.unwrap();
+        let mut landing = vec![0u8; 4096];
+        let local = Local::of(Direction::Read, &mut landing);
+        transfer_against(&active, &metadata, local, limit)
+            .await
+            .unwrap();
+        let done = recv_done(&mut io, "readable", limit).await.unwrap();
+        assert_eq!(done["done"], true);
+        assert_eq!(landing, ferry::demo::pattern(4096, 40));
+        io.send(&json!({"op": "exit"})).await.unwrap();
+        serving.await.unwrap().unwrap();
+    }
 
     #[test]
     fn buffers_are_reused_until_the_size_or_pattern_changes() {

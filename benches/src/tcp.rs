@@ -28,8 +28,7 @@ use ferry::Connector;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::lines::Closed;
-use crate::peer::{serve_count, transfer_against, transfer_batch, Local, PeerBuffer, PeerProcess};
+use crate::peer::{serve_commands, transfer_against, transfer_batch, Local, PeerProcess};
 use crate::stats::{IterationPlan, Summary};
 use crate::{baseline, checksum, operation_limit, Result};
 
@@ -40,9 +39,6 @@ pub const READ_SEED: u64 = 0x5245_4144;
 /// Seed of the pattern the active side writes; buffer `i` of a batch writes the pattern of
 /// `WRITE_SEED + i`, so bytes that land in the wrong buffer fail the check.
 pub const WRITE_SEED: u64 = 0x5752_4954;
-
-/// How long the peer waits for its next command before it gives up on the active side.
-const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
 pub use crate::peer::Direction;
 
@@ -78,49 +74,7 @@ pub async fn run_peer() -> Result<()> {
     let mut io = crate::lines::peer_stdio();
     io.send(&json!({"ready": true, "echo_port": echo_port, "pid": std::process::id()}))
         .await?;
-    // Buffer 0 serves single operations; a batch of N uses buffers 0..N.
-    let mut buffers: Vec<PeerBuffer> = Vec::new();
-    loop {
-        let command = match io.recv(COMMAND_LIMIT).await {
-            Ok(command) => command,
-            Err(e) if e.is::<Closed>() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let number = |field: &str| {
-            command[field]
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-        };
-        let size = number("size");
-        let count = number("count").unwrap_or(1);
-        let descriptors = number("descriptors").unwrap_or(1);
-        let verify = command["verify"].as_bool().unwrap_or(false);
-        let direction = match command["op"].as_str() {
-            Some("exit") => return Ok(()),
-            Some("readable") => Some(Direction::Read),
-            Some("writable") => Some(Direction::Write),
-            _ => None,
-        };
-        match (direction, size) {
-            (Some(direction), Some(size)) if count >= 1 && size.checked_mul(count).is_some() => {
-                serve_count(
-                    &connector,
-                    &mut io,
-                    &mut buffers,
-                    direction,
-                    size,
-                    (count, descriptors),
-                    verify,
-                    read_seed,
-                )
-                .await?
-            }
-            _ => {
-                io.send(&json!({"error": format!("unknown command {command}")}))
-                    .await?
-            }
-        }
-    }
+    serve_commands(&connector, &mut io, read_seed).await
 }
 
 /// The peer process, seen from the active side, with the port of its ping-pong server.

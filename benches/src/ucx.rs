@@ -42,9 +42,8 @@ use ferry::Connector;
 use serde_json::json;
 
 use crate::clock::unix_nanos;
-use crate::lines::Closed;
 use crate::peer::{
-    serve_count, transfer_against, transfer_batch, Direction, Local, PeerBuffer, PeerProcess,
+    serve_commands, transfer_against, transfer_batch, Direction, Local, PeerProcess,
 };
 use crate::report::Row;
 use crate::stats::{IterationPlan, Summary};
@@ -67,9 +66,6 @@ fn read_seed(index: usize) -> u64 {
 fn write_seed(index: usize) -> u64 {
     WRITE_SEED.wrapping_add(index as u64)
 }
-
-/// How long the peer waits for its next command before it gives up on the active side.
-const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
 /// The name of an [`ErrorHandling`] on the command line: `peer-if-supported`, `peer`, `none`.
 pub fn error_handling_name(handling: ErrorHandling) -> &'static str {
@@ -104,7 +100,7 @@ pub async fn connector(worker_id: &str, config: &UcxConfig) -> Result<Connector>
 }
 
 /// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`, and
-/// `count` for a batch) with [`serve_count`] until `exit` or end of input. Its first line is
+/// `count` for a batch) with [`serve_commands`] until `exit` or end of input. Its first line is
 /// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
 pub async fn run_peer(config: UcxConfig) -> Result<()> {
     let mut io = crate::lines::peer_stdio();
@@ -118,46 +114,7 @@ pub async fn run_peer(config: UcxConfig) -> Result<()> {
     };
     io.send(&json!({"ready": true, "pid": std::process::id()}))
         .await?;
-    // Buffer 0 serves single operations; a batch of N uses buffers 0..N.
-    let mut buffers: Vec<PeerBuffer> = Vec::new();
-    loop {
-        let command = match io.recv(COMMAND_LIMIT).await {
-            Ok(command) => command,
-            Err(e) if e.is::<Closed>() => break,
-            Err(e) => return Err(e),
-        };
-        let op = command["op"].as_str().unwrap_or_default();
-        let number = |field: &str| {
-            command[field]
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-        };
-        let (size, count) = (number("size"), number("count").unwrap_or(1));
-        let descriptors = number("descriptors").unwrap_or(1);
-        let verify = command["verify"].as_bool().unwrap_or(false);
-        match (op, Direction::from_passive(op), size) {
-            ("exit", _, _) => break,
-            (_, Some(direction), Some(size)) if count >= 1 && size.checked_mul(count).is_some() => {
-                serve_count(
-                    &connector,
-                    &mut io,
-                    &mut buffers,
-                    direction,
-                    size,
-                    (count, descriptors),
-                    verify,
-                    read_seed,
-                )
-                .await?
-            }
-            _ => {
-                let error = format!("unknown command {command}");
-                io.send(&json!({"error": error})).await?
-            }
-        }
-    }
-    buffers.iter_mut().for_each(PeerBuffer::release);
-    Ok(())
+    serve_commands(&connector, &mut io, read_seed).await
 }
 
 /// One size, direction and number in flight, measured: the shared table row (its summary
