@@ -73,10 +73,12 @@ pub(super) fn try_look(engine: &Engine) -> Looked {
 /// Looks once at every other engine of this process that nobody holds now. An owner polling
 /// its own operation stands in for the owners of the others: those may be futures of its own
 /// task (both sides of a transfer between two Connectors awaited with `join!`), polled only
-/// between its slices. Returns at once, allocating nothing, in a process with one engine.
+/// between its slices. Forgets engines that are gone, and returns at once, allocating
+/// nothing, in a process with one engine left.
 pub(super) fn look_at_others(own: &Arc<Engine>) {
     let others: Vec<Arc<Engine>> = {
-        let engines = lock(&ENGINES);
+        let mut engines = lock(&ENGINES);
+        engines.retain(|listed| listed.strong_count() > 0);
         if engines.len() < 2 {
             return;
         }
@@ -812,6 +814,21 @@ fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn looking_at_others_forgets_engines_that_are_gone() {
+        let own: Arc<Engine> = Arc::new(Mutex::new(None));
+        let other: Arc<Engine> = Arc::new(Mutex::new(None));
+        enlist(&own);
+        enlist(&other);
+        // This weak handle keeps the allocation, so no other engine can reuse its address.
+        let gone = Arc::downgrade(&other);
+        drop(other);
+        look_at_others(&own);
+        let listed = |engine: &Weak<Engine>| lock(&ENGINES).iter().any(|w| w.ptr_eq(engine));
+        assert!(!listed(&gone), "a dropped engine stays listed");
+        assert!(listed(&Arc::downgrade(&own)));
+    }
 
     #[test]
     fn an_operation_relying_on_the_thread_keeps_owners_windows_from_parking_it() {
