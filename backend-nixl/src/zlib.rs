@@ -22,7 +22,7 @@ pub(crate) const STORE_UP_TO: usize = 16 << 10;
 const LEVEL: u32 = 6;
 
 /// The most bytes one stored block holds (its length is 16 bits).
-const BLOCK: usize = u16::MAX as usize;
+const STORED_BLOCK_MAX: usize = u16::MAX as usize;
 
 /// Adler-32's modulus.
 const ADLER_MOD: u32 = 65_521;
@@ -39,7 +39,7 @@ pub(crate) enum InflateError {
 /// `data` as a zlib stream: stored blocks up to [`STORE_UP_TO`] bytes, compressed past that.
 pub(crate) fn deflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
     if data.len() <= STORE_UP_TO {
-        return Ok(store(data));
+        return Ok(stored_stream(data));
     }
     let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(LEVEL));
     encoder.write_all(data)?;
@@ -50,17 +50,17 @@ pub(crate) fn deflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
 /// level (`78 01`), then per block of at most 65 535 bytes a header byte (final or not), its
 /// length and that length's complement (little-endian), and the bytes; then the Adler-32 of
 /// `data`, big-endian. No data is one empty final block.
-pub(crate) fn store(data: &[u8]) -> Vec<u8> {
-    let blocks = data.len().div_ceil(BLOCK).max(1);
+pub(crate) fn stored_stream(data: &[u8]) -> Vec<u8> {
+    let blocks = data.len().div_ceil(STORED_BLOCK_MAX).max(1);
     let mut out = Vec::with_capacity(2 + blocks * 5 + data.len() + 4);
     out.extend_from_slice(&[0x78, 0x01]);
-    let mut chunks = data.chunks(BLOCK).peekable();
+    let mut chunks = data.chunks(STORED_BLOCK_MAX).peekable();
     if chunks.peek().is_none() {
         out.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
     }
     while let Some(chunk) = chunks.next() {
         let last = chunks.peek().is_none();
-        // A chunk holds at most BLOCK bytes, so its length fits.
+        // A chunk holds at most STORED_BLOCK_MAX bytes, so its length fits.
         let len = chunk.len() as u16;
         out.push(u8::from(last));
         out.extend_from_slice(&len.to_le_bytes());
@@ -73,8 +73,10 @@ pub(crate) fn store(data: &[u8]) -> Vec<u8> {
 
 /// The bytes `compressed` inflates to, at most `limit` of them.
 pub(crate) fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
-    if let Some(data) = stored(compressed, limit) {
-        return Ok(data);
+    match stored_contents(compressed, limit) {
+        Stored::Contents(data) => return Ok(data),
+        Stored::TooLarge => return Err(InflateError::TooLarge),
+        Stored::Other => {}
     }
     let mut data = Vec::new();
     flate2::read::ZlibDecoder::new(compressed)
@@ -87,30 +89,50 @@ pub(crate) fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Inflat
     Ok(data)
 }
 
-/// The bytes of a zlib stream made only of stored blocks, which ends where `compressed` ends,
-/// whose checksum matches and which holds at most `limit` bytes; `None` for anything else,
-/// which flate2 then reads (and judges).
-fn stored(compressed: &[u8], limit: usize) -> Option<Vec<u8>> {
-    let ([cmf, flg], mut rest) = compressed.split_first_chunk::<2>().map(|(h, r)| (*h, r))?;
+/// What [`stored_contents`] made of a stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Stored {
+    /// A stream of stored blocks, ending where the input ends, whose checksum matches.
+    Contents(Vec<u8>),
+    /// Well-formed stored blocks so far, holding more than the limit: flate2 would inflate
+    /// past it too.
+    TooLarge,
+    /// Anything else, which flate2 then reads (and judges).
+    Other,
+}
+
+/// The bytes of a zlib stream made only of stored blocks, which ends where `compressed` ends
+/// and whose checksum matches, if it holds at most `limit` bytes.
+fn stored_contents(compressed: &[u8], limit: usize) -> Stored {
+    let Some(([cmf, flg], mut rest)) = compressed.split_first_chunk::<2>().map(|(h, r)| (*h, r))
+    else {
+        return Stored::Other;
+    };
     let header_ok = cmf & 0x0f == 8
         && cmf >> 4 <= 7
         && flg & 0x20 == 0
         && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0;
     if !header_ok {
-        return None;
+        return Stored::Other;
     }
-    let mut data = Vec::new();
+    // The contents are never longer than the stream that holds them.
+    let mut data = Vec::with_capacity(compressed.len().min(limit));
     loop {
-        let (&[head], after) = rest.split_first_chunk::<1>()?;
-        let (&[l0, l1, n0, n1], after) = after.split_first_chunk::<4>()?;
+        let Some((&[head, l0, l1, n0, n1], after)) = rest.split_first_chunk::<5>() else {
+            return Stored::Other;
+        };
         let (len, nlen) = (u16::from_le_bytes([l0, l1]), u16::from_le_bytes([n0, n1]));
         // Bits 1-2 are the block type: 0 is stored; its other bits pad to the byte.
         if head & 0b110 != 0 || len != !nlen {
-            return None;
+            return Stored::Other;
         }
         let len = usize::from(len);
-        if after.len() < len || data.len() + len > limit {
-            return None;
+        if after.len() < len {
+            return Stored::Other;
+        }
+        // `data` holds at most the input's length, so this cannot overflow.
+        if data.len() + len > limit {
+            return Stored::TooLarge;
         }
         let (bytes, after) = after.split_at(len);
         data.extend_from_slice(bytes);
@@ -119,8 +141,10 @@ fn stored(compressed: &[u8], limit: usize) -> Option<Vec<u8>> {
             break;
         }
     }
-    let checksum = u32::from_be_bytes(*<&[u8; 4]>::try_from(rest).ok()?);
-    (checksum == adler32(&data)).then_some(data)
+    match <[u8; 4]>::try_from(rest) {
+        Ok(checksum) if u32::from_be_bytes(checksum) == adler32(&data) => Stored::Contents(data),
+        _ => Stored::Other,
+    }
 }
 
 /// The Adler-32 checksum of `data` (RFC 1950).
@@ -155,34 +179,39 @@ mod tests {
 
     #[test]
     fn stored_streams_are_zlib_and_read_back_without_flate2() {
-        for len in [0, 1, 303, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17] {
+        let max = STORED_BLOCK_MAX;
+        for len in [0, 1, 303, max - 1, max, max + 1, 3 * max + 17] {
             let data = pattern(len);
-            let stream = store(&data);
+            let stream = stored_stream(&data);
             assert_eq!(flate2_inflate(&stream).unwrap(), data, "{len} bytes");
-            assert_eq!(
-                stored(&stream, usize::MAX),
-                Some(data.clone()),
-                "{len} bytes"
-            );
+            let contents = stored_contents(&stream, usize::MAX);
+            assert_eq!(contents, Stored::Contents(data.clone()), "{len} bytes");
             assert_eq!(inflate(&stream, len).unwrap(), data);
-            assert!(
-                matches!(
-                    inflate(&stream, len.saturating_sub(1)),
+            if len > 0 {
+                let short = stored_contents(&stream, len - 1);
+                assert_eq!(short, Stored::TooLarge, "{len} bytes");
+                assert!(matches!(
+                    inflate(&stream, len - 1),
                     Err(InflateError::TooLarge)
-                ) || len == 0
-            );
+                ));
+            }
         }
     }
 
     #[test]
     fn small_metadata_is_stored_and_large_metadata_compressed() {
         let small = pattern(STORE_UP_TO);
-        assert_eq!(deflate(&small).unwrap(), store(&small));
+        assert_eq!(deflate(&small).unwrap(), stored_stream(&small));
         let large = vec![7u8; STORE_UP_TO + 1];
         let compressed = deflate(&large).unwrap();
         assert!(compressed.len() < large.len() / 10);
-        assert_eq!(stored(&compressed, usize::MAX), None, "not stored blocks");
+        let contents = stored_contents(&compressed, usize::MAX);
+        assert_eq!(contents, Stored::Other, "not stored blocks");
         assert_eq!(inflate(&compressed, large.len()).unwrap(), large);
+        assert!(matches!(
+            inflate(&compressed, large.len() - 1),
+            Err(InflateError::TooLarge)
+        ));
     }
 
     #[test]
@@ -199,41 +228,111 @@ mod tests {
         assert_eq!(adler32(&long), u32::from_be_bytes(tail));
     }
 
+    /// What flate2 alone makes of `stream` under `limit`, as `inflate` read every stream
+    /// before the fast path: the bytes, or whether it failed by inflating past the limit.
+    fn flate2_limited(stream: &[u8], limit: usize) -> Result<Vec<u8>, bool> {
+        let mut data = Vec::new();
+        let read = flate2::read::ZlibDecoder::new(stream)
+            .take(limit as u64 + 1)
+            .read_to_end(&mut data);
+        match read {
+            Err(_) => Err(false),
+            Ok(_) if data.len() > limit => Err(true),
+            Ok(_) => Ok(data),
+        }
+    }
+
+    /// Whether the fast path and flate2 agree on `stream` under `limit`: the fast path reads
+    /// nothing that flate2 would refuse or read differently, and refuses as too large only
+    /// what flate2 refuses too (a stream both too large and damaged may fail either way in
+    /// flate2, by where the damage sits); it may leave to flate2 what flate2 reads.
+    fn agree(stream: &[u8], limit: usize) -> Result<(), String> {
+        let slow = flate2_limited(stream, limit);
+        match (stored_contents(stream, limit), slow) {
+            (Stored::Contents(fast), Ok(slow)) if fast == slow => Ok(()),
+            (Stored::TooLarge, Err(_)) | (Stored::Other, _) => Ok(()),
+            (fast, slow) => Err(format!("fast path {fast:?}, flate2 {slow:?}")),
+        }
+    }
+
     #[test]
-    fn damaged_stored_streams_are_left_to_flate2() {
-        let stream = store(&pattern(1000));
+    fn damaged_stored_streams_are_refused_as_flate2_refuses_them() {
+        let data = pattern(1000);
+        let stream = stored_stream(&data);
         for cut in 0..stream.len() {
-            assert_eq!(stored(&stream[..cut], usize::MAX), None, "cut at {cut}");
+            let contents = stored_contents(&stream[..cut], usize::MAX);
+            assert_eq!(contents, Stored::Other, "cut at {cut}");
             assert!(inflate(&stream[..cut], usize::MAX).is_err(), "cut at {cut}");
         }
         for at in 0..stream.len() {
-            let mut bad = stream.clone();
-            bad[at] ^= 0x40;
-            // A flip in a padding bit of the block header still reads right; every other
-            // flip is refused by both readers.
-            match stored(&bad, usize::MAX) {
-                Some(data) => assert_eq!(data, pattern(1000), "flip at {at}"),
-                None => assert!(
-                    flate2_inflate(&bad).map_or(true, |d| d == pattern(1000)),
-                    "flip at {at}"
-                ),
+            for bit in 0..8 {
+                let mut bad = stream.clone();
+                bad[at] ^= 1 << bit;
+                agree(&bad, 1 << 20).unwrap_or_else(|e| panic!("bit {bit} of byte {at}: {e}"));
+                if let Ok(read) = inflate(&bad, usize::MAX) {
+                    // A flipped padding bit of the block header changes nothing.
+                    assert!(at == 2 && bit >= 3 && read == data, "{at}/{bit}");
+                }
             }
         }
         let mut trailing = stream.clone();
         trailing.push(0);
-        assert_eq!(
-            stored(&trailing, usize::MAX),
-            None,
-            "bytes after the stream"
-        );
+        let contents = stored_contents(&trailing, usize::MAX);
+        assert_eq!(contents, Stored::Other, "bytes after the stream");
+    }
+
+    /// A stream of stored blocks over `data`, split where `cuts` say, its header and block
+    /// headers' free bits set from `noise`, and its checksum right or not.
+    fn shaped(data: &[u8], cuts: &[usize], noise: u8, right_sum: bool) -> Vec<u8> {
+        let cmf = 0x08 | ((noise & 0x0f) << 4);
+        let mut flg = noise & 0xc0;
+        flg += (31 - ((u16::from(cmf) << 8 | u16::from(flg)) % 31) as u8) % 31;
+        let mut out = vec![cmf, flg];
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        bounds.push(0);
+        bounds.push(data.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        let pieces: Vec<&[u8]> = match bounds.len() {
+            1 => vec![data],
+            _ => bounds.windows(2).map(|w| &data[w[0]..w[1]]).collect(),
+        };
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            let len = piece.len() as u16;
+            out.push(u8::from(last) | (noise & 0xf8));
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&(!len).to_le_bytes());
+            out.extend_from_slice(piece);
+        }
+        let sum = adler32(data) ^ u32::from(!right_sum);
+        out.extend_from_slice(&sum.to_be_bytes());
+        out
     }
 
     proptest! {
         #[test]
-        fn the_fast_path_agrees_with_flate2(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-            if let Some(data) = stored(&bytes, usize::MAX) {
-                prop_assert_eq!(flate2_inflate(&bytes).ok(), Some(data));
+        fn the_fast_path_agrees_with_flate2(
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+            cuts in proptest::collection::vec(any::<usize>(), 0..4),
+            noise in any::<u8>(),
+            right_sum in any::<bool>(),
+            limit in 0usize..4000,
+            flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
+        ) {
+            let mut stream = shaped(&data, &cuts, noise, right_sum);
+            if let Some((at, bit)) = flip {
+                let at = at.index(stream.len());
+                stream[at] ^= 1 << bit;
             }
+            prop_assert_eq!(agree(&stream, limit), Ok(()));
+            prop_assert_eq!(agree(&stream, 1 << 20), Ok(()));
+            let _ = inflate(&stream, limit);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            prop_assert_eq!(agree(&bytes, 1 << 20), Ok(()));
             let _ = inflate(&bytes, 1 << 20);
         }
 
