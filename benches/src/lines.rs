@@ -85,18 +85,39 @@ pub type PeerWriter = Box<dyn AsyncWrite + Unpin + Send>;
 /// so the task that writes a line writes it itself and goes straight on. tokio's
 /// `stdin()`/`stdout()` hand every read and write to a blocking-pool thread and wake the task
 /// back: measured with `ferry-bench-ucx`, a passive side then began awaiting its operation a
-/// median 25–39 µs after the active side had its metadata and begun. Anything else (a
-/// terminal, a file) gets tokio's `stdin()`/`stdout()`. Call it inside a runtime.
+/// median 25–40 µs after the active side had its metadata and begun. Call it inside a runtime.
+///
+/// Non-blocking mode belongs to the open pipe, not to this channel, and stays set: anything
+/// else writing the same pipe would see `EAGAIN` when it is full. So standard output stays
+/// with tokio's `stdout()` where standard error is the same pipe (a peer run by hand with
+/// `2>&1`); and a terminal or a file, which are no pipes, get tokio's `stdin()`/`stdout()`.
 pub fn peer_stdio() -> JsonLines<PeerReader, PeerWriter> {
     let reader: PeerReader = match pipe_reader(std::io::stdin().as_fd()) {
         Ok(pipe) => Box::new(pipe),
         Err(_) => Box::new(tokio::io::stdin()),
     };
-    let writer: PeerWriter = match pipe_writer(std::io::stdout().as_fd()) {
-        Ok(pipe) => Box::new(pipe),
-        Err(_) => Box::new(tokio::io::stdout()),
+    let stdout = std::io::stdout();
+    // Only where standard error is elsewhere: making the pipe sets its mode.
+    let pipe = match same_file(stdout.as_fd(), std::io::stderr().as_fd()) {
+        true => None,
+        false => pipe_writer(stdout.as_fd()).ok(),
+    };
+    let writer: PeerWriter = match pipe {
+        Some(pipe) => Box::new(pipe),
+        None => Box::new(tokio::io::stdout()),
     };
     JsonLines::new(reader, writer)
+}
+
+/// Whether `a` and `b` are the same file (device and inode); false where either cannot be
+/// looked at.
+fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let stat = |fd: BorrowedFd<'_>| {
+        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        file.metadata().ok().map(|m| (m.dev(), m.ino()))
+    };
+    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// `fd`'s pipe, read through the reactor (set non-blocking); an error if it is no pipe.
@@ -152,9 +173,13 @@ mod tests {
 
     #[tokio::test]
     async fn pipes_are_driven_by_the_reactor_and_other_files_are_refused() {
-        let (read, write) = std::io::pipe().unwrap();
+        let (write, read) = pipe::pipe().unwrap();
         let reader = pipe_reader(read.as_fd()).expect("a pipe's read end");
         let writer = pipe_writer(write.as_fd()).expect("a pipe's write end");
+        assert!(
+            same_file(read.as_fd(), write.as_fd()),
+            "two ends of one pipe"
+        );
         drop((read, write));
         let mut channel = JsonLines::new(reader, writer);
         channel.send(&serde_json::json!({"n": 1})).await.unwrap();
@@ -163,5 +188,7 @@ mod tests {
         let file = std::fs::File::open("Cargo.toml").unwrap();
         assert!(pipe_reader(file.as_fd()).is_err(), "not a pipe");
         assert!(pipe_writer(file.as_fd()).is_err(), "not a pipe");
+        let (other, _read) = pipe::pipe().unwrap();
+        assert!(!same_file(file.as_fd(), other.as_fd()));
     }
 }

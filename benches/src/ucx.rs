@@ -100,7 +100,7 @@ pub async fn connector(worker_id: &str, config: &UcxConfig) -> Result<Connector>
 }
 
 /// Runs the passive side: answers `readable`/`writable` commands (`size`, `verify`, and
-/// `count` for a batch) with [`serve_commands`] until `exit` or end of input. Its first line is
+/// `count` for a batch) by running [`serve_commands`] until `exit` or end of input. Its first line is
 /// `{"ready":true,"pid":N}`, or `{"ready":false,"error":…}` when UCX is not usable.
 pub async fn run_peer(config: UcxConfig) -> Result<()> {
     let mut io = crate::lines::peer_stdio();
