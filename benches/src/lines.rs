@@ -98,9 +98,10 @@ pub fn peer_stdio() -> JsonLines<PeerReader, PeerWriter> {
     };
     let stdout = std::io::stdout();
     // Only where standard error is elsewhere: making the pipe sets its mode.
-    let pipe = match same_file(stdout.as_fd(), std::io::stderr().as_fd()) {
-        true => None,
-        false => pipe_writer(stdout.as_fd()).ok(),
+    let pipe = if same_file(stdout.as_fd(), std::io::stderr().as_fd()) {
+        None
+    } else {
+        pipe_writer(stdout.as_fd()).ok()
     };
     let writer: PeerWriter = match pipe {
         Some(pipe) => Box::new(pipe),
