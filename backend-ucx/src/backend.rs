@@ -75,10 +75,10 @@
 //!   operation existed).
 //! - **The price**: a window lasts its `owner_spin` even when its operation ends sooner, and
 //!   meanwhile nobody looks at the worker for an operation that no owner awaits yet. Where
-//!   the target's worker must progress a put (shared memory and tcp, whose puts are active
-//!   messages; not RDMA), a readable or writable exposed within `owner_spin` of the last
-//!   awaited operation, but awaited later, holds up its peer's transfer until it is awaited
-//!   or the window ends: at most `owner_spin`. Waking the thread instead would cost every
+//!   the passive side's worker must progress a transfer (tcp; shared memory's active
+//!   messages, which carry small transfers; not RDMA or CMA), a readable or writable exposed
+//!   within `owner_spin` of the last awaited operation, but awaited later, holds up its
+//!   peer's transfer until it is awaited or the window ends: at most `owner_spin`. Waking the thread instead would cost every
 //!   awaited operation a wake-up and a thread competing for the CPU. Await soon after
 //!   exposing, or make `owner_spin` smaller.
 //!
