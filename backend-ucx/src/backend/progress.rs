@@ -1,15 +1,18 @@
 //! The progress state: the UCP context, worker, memory mappings and endpoints (all `!Send`
 //! types), behind one lock ([`Engine`]). The progress thread ([`run`]) runs the commands the
-//! backend sends it and, unless owners are polling, moves active operations on (gets or puts
-//! and a flush, then the notification) and matches inbound notifications by key. An owner
-//! polling its operation takes the same lock for each look ([`Progress::look`]), and a caller
-//! may post its operation under it ([`Progress::post_op`]). Every ending goes through the
-//! [`Table`]'s settlers.
+//! backend sends it and, unless owners are polling, moves active operations on (gets or puts,
+//! a flush shared by the operations posted to a peer since the last look, then the
+//! notification) and matches inbound notifications by key. An owner polling its operation
+//! takes the same lock for each look ([`Progress::look`]), and a caller may post its
+//! operation under it ([`Progress::post_op`]). Every ending goes through the [`Table`]'s
+//! settlers.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, TryLockError, Weak};
@@ -197,12 +200,17 @@ pub(super) enum Command {
     Shutdown,
 }
 
-/// An active operation whose gets or puts and the flush behind them are in flight.
+/// An active operation whose gets or puts, and the flush behind them, are in flight.
 struct ActiveOp {
+    /// The peer its endpoint reaches: operations to one peer share a flush.
+    peer: u64,
     endpoint: Endpoint,
     key: NotificationKey,
-    /// The gets or puts, then the flush.
+    /// The gets or puts.
     requests: Vec<Request>,
+    /// The endpoint flush behind them, shared with the operations posted to the same peer
+    /// since the last look ([`Progress::issue_flushes`]); `None` until that look.
+    flush: Option<SharedFlush>,
     /// Kept until the requests that use them finish.
     _rkeys: Vec<RemoteKey>,
     settler: Settler,
@@ -210,8 +218,14 @@ struct ActiveOp {
     cancel: Option<(SyncSender<()>, Instant)>,
 }
 
+/// One `ucp_ep_flush_nbx`, or why it could not be posted, shared by the operations it
+/// covers.
+type SharedFlush = Rc<RefCell<Result<Request, crate::Error>>>;
+
 impl ActiveOp {
-    /// `None` while a request is in flight; once none is, how they went (the first error).
+    /// `None` while a request or the flush is in flight; once none is, how they went (the
+    /// first error). A cancelled operation waits for its gets or puts alone: the flush only
+    /// tells when the bytes are in place at the peer, which no longer matters.
     fn poll(&mut self) -> Option<Result<(), crate::Error>> {
         let (mut pending, mut error) = (false, None);
         for request in &mut self.requests {
@@ -220,6 +234,19 @@ impl ActiveOp {
                 Some(Err(e)) => error = error.or(Some(e)),
                 Some(Ok(())) => {}
             }
+        }
+        let flushed = match (&self.flush, &self.cancel) {
+            (_, Some(_)) => Some(Ok(())),
+            (None, None) => None,
+            (Some(flush), None) => match &mut *flush.borrow_mut() {
+                Ok(request) => request.poll(),
+                Err(e) => Some(Err(e.clone())),
+            },
+        };
+        match flushed {
+            None => pending = true,
+            Some(Err(e)) => error = error.or(Some(e)),
+            Some(Ok(())) => {}
         }
         (!pending).then(|| error.map_or(Ok(()), Err))
     }
@@ -250,8 +277,8 @@ pub(super) struct Progress {
 }
 
 // SAFETY: the UCX objects in a Progress (context, worker, mappings, endpoints, remote keys,
-// requests) and the reference counts and cells of the `safe` types around them are reachable
-// only through it: no method hands one out, and the active-message handler it installs holds
+// requests, the flushes its operations share) and the reference counts and cells of the `safe`
+// types around them are reachable only through it: no method hands one out, and the active-message handler it installs holds
 // only the `Arc<Table>`. A Progress lives in an `Engine`, so one thread at a time touches it,
 // and the mutex orders each holder's accesses after the last one's. UCX allows a worker made
 // in `UCS_THREAD_MODE_SERIALIZED` (see `safe::Context::create_worker`) to be called from any
@@ -333,6 +360,7 @@ impl Progress {
     /// One look: progresses the worker until it has nothing more to do (at most 64 rounds)
     /// and ends the operations whose requests all finished. Whether anything happened.
     pub(super) fn look(&mut self) -> bool {
+        self.issue_flushes();
         let mut busy = false;
         for _ in 0..64 {
             match self.worker.progress() {
@@ -407,9 +435,11 @@ impl Progress {
         match self.post(peer, kind, rkeys, items) {
             Ok((endpoint, requests, _rkeys)) => {
                 let op = ActiveOp {
+                    peer,
                     endpoint,
                     key,
                     requests,
+                    flush: None,
                     _rkeys,
                     settler,
                     cancel: None,
@@ -515,9 +545,9 @@ impl Progress {
         }
     }
 
-    /// Posts a get or put per item and a flush behind them, on the endpoint to `peer`: that
-    /// endpoint, the requests (the flush last) and the remote keys they use. A post that fails
-    /// returns once none of its requests is in flight.
+    /// Posts a get or put per item on the endpoint to `peer` (the flush behind them waits for
+    /// the next look, [`Progress::issue_flushes`]): that endpoint, the requests and the remote
+    /// keys they use. A post that fails returns once none of its requests is in flight.
     fn post(
         &mut self,
         peer: u64,
@@ -595,20 +625,29 @@ impl Progress {
                 }
             }
         }
-        let flush = match posted {
-            Ok(()) => endpoint.flush().map_err(|e| failure(&endpoint, &e)),
-            Err(e) => Err(e),
-        };
-        match flush {
-            Ok(flush) => rma.push(flush),
-            Err(e) => {
-                // Requests already posted move the caller's memory: the post reports its error
-                // only once they have finished, since the caller may free the memory then.
-                self.drain(&mut rma);
-                return Err(e);
-            }
+        if let Err(e) = posted {
+            // Requests already posted move the caller's memory: the post reports its error
+            // only once they have finished, since the caller may free the memory then.
+            self.drain(&mut rma);
+            return Err(e);
         }
         Ok((endpoint, rma, rkeys.into_iter().flatten().collect()))
+    }
+
+    /// Posts one endpoint flush per peer behind every operation posted to it since the last
+    /// look, shared by them: operations begun together (a batch of writes before their
+    /// owners await them) cost the peer one flush and its reply, not one each.
+    fn issue_flushes(&mut self) {
+        let mut issued: HashMap<u64, SharedFlush> = HashMap::new();
+        for op in self.ops.values_mut() {
+            if op.flush.is_some() || op.cancel.is_some() {
+                continue;
+            }
+            let flush = issued
+                .entry(op.peer)
+                .or_insert_with(|| Rc::new(RefCell::new(op.endpoint.flush())));
+            op.flush = Some(flush.clone());
+        }
     }
 
     /// Progresses the worker until every request in `rma` has finished (well or not), for up to
@@ -828,6 +867,96 @@ mod tests {
         let listed = |engine: &Weak<Engine>| lock(&ENGINES).iter().any(|w| w.ptr_eq(engine));
         assert!(!listed(&gone), "a dropped engine stays listed");
         assert!(listed(&Arc::downgrade(&own)));
+    }
+
+    /// Two progress states of this process, one exposing `target` and one writing into it,
+    /// or why UCX cannot connect them here.
+    fn pair(target: &[u8]) -> Result<(Progress, Progress, u64, Vec<u8>), String> {
+        let handling = ErrorHandling::PeerIfSupported;
+        super::super::available_with(&crate::UcxConfig {
+            error_handling: handling,
+            ..crate::UcxConfig::default()
+        })?;
+        let start = |table| {
+            let peers = Arc::new(Mutex::new(HashMap::new()));
+            Progress::start(table, peers, handling).map_err(|e| e.to_string())
+        };
+        let mut passive = start(Arc::new(super::super::table::Table::default()))?;
+        let mut active = start(Arc::new(super::super::table::Table::default()))?;
+        let rkey = passive
+            .register(1, target.as_ptr() as usize, target.len(), Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        let address = passive.address().map_err(|e| e.to_string())?;
+        let peer = active.connect(&address).map_err(|e| e.to_string())?;
+        Ok((passive, active, peer, rkey))
+    }
+
+    #[test]
+    fn operations_posted_to_a_peer_between_looks_share_one_flush() {
+        const OPS: usize = 4;
+        const PIECE: usize = 4096;
+        let target = vec![0u8; OPS * PIECE];
+        let (mut passive, mut active, peer, rkey) = match pair(&target) {
+            Ok(pair) => pair,
+            Err(why) => return println!("skipped: {why}"),
+        };
+        let sources: Vec<Vec<u8>> = (0..OPS).map(|i| vec![i as u8 + 1; PIECE]).collect();
+        let mut settlements = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let id = i as u64;
+            settlements.push(active.table.begin(id));
+            let item = Item {
+                local: source.as_ptr() as usize,
+                len: PIECE,
+                device: Device::Cpu,
+                remote: target.as_ptr() as u64 + (i * PIECE) as u64,
+                rkey: 0,
+            };
+            let key = NotificationKey::from_random_bytes([i as u8 + 1; 16]);
+            let kind = OperationKind::Write;
+            active.post_op(id, peer, kind, key, std::slice::from_ref(&rkey), &[item]);
+        }
+        assert!(
+            active.ops.values().all(|op| op.flush.is_none()),
+            "a post leaves its flush to the next look"
+        );
+        active.look();
+        let flushes: Vec<SharedFlush> = active
+            .ops
+            .values()
+            .filter_map(|op| op.flush.clone())
+            .collect();
+        assert_eq!(
+            flushes.len(),
+            OPS,
+            "every operation has a flush after a look"
+        );
+        assert!(
+            flushes.iter().all(|flush| Rc::ptr_eq(flush, &flushes[0])),
+            "operations to one peer posted between two looks share one flush"
+        );
+        drop(flushes);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while settlements.iter().any(|s| s.ended().is_none()) {
+            assert!(
+                Instant::now() < deadline,
+                "the writes did not end within 10 s"
+            );
+            active.look();
+            passive.look();
+        }
+        for settlement in &settlements {
+            assert_eq!(
+                settlement.ended(),
+                Some(ferry_core::state::Event::Completed)
+            );
+        }
+        for (i, piece) in target.chunks(PIECE).enumerate() {
+            assert!(
+                piece.iter().all(|&b| b == i as u8 + 1),
+                "piece {i} did not arrive"
+            );
+        }
     }
 
     #[test]
