@@ -269,7 +269,7 @@ mod measure {
                     format_size(size)
                 ));
                 let before = CpuTime::now();
-                let m = bench.measure(size, direction, 1, request.plan).await?;
+                let m = bench.measure(size, direction, 1, request.plan, 0).await?;
                 suite.across.push(AcrossRow {
                     backend: "ucx",
                     path: "ferry",

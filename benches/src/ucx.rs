@@ -170,14 +170,16 @@ impl Bench {
     }
 
     /// Measures `direction` at `size` with `in_flight` operations at once (1: one at a time;
-    /// N: batches of N, each on its own buffer): one untimed warm-up whose bytes are checked,
-    /// then timed operations or batches as `plan` says (it counts batches).
+    /// N: batches of N, each on its own buffer): one untimed warm-up whose bytes are checked
+    /// and `warm_up` more untimed ones, then timed operations or batches as `plan` says (it
+    /// counts batches).
     pub async fn measure(
         &mut self,
         size: usize,
         direction: Direction,
         in_flight: usize,
         plan: IterationPlan,
+        warm_up: usize,
     ) -> Result<Measured> {
         let in_flight = in_flight.max(1);
         let mut buffers: Vec<Vec<u8>> = (0..in_flight)
@@ -206,6 +208,9 @@ impl Bench {
                 reported == expected
             }
         };
+        for _ in 0..warm_up {
+            self.exchange(&mut buffers, direction, false).await?;
+        }
         let (mut both, mut active) = (Vec::new(), Vec::new());
         let mut spent = Duration::ZERO;
         while plan.wants_more(both.len(), spent) {

@@ -21,7 +21,7 @@ use ferry::ucx::ErrorHandling;
 use ferry_benches::cli::{self, block_on_worker, command_line, RunArgs};
 use ferry_benches::peer::{in_flight_widths, parse_in_flight, Direction};
 use ferry_benches::report::Machine;
-use ferry_benches::stats::{gigabytes, micros};
+use ferry_benches::stats::{gigabytes, micros, IterationPlan};
 use ferry_benches::ucx::perftest::{self, PerfRun};
 use ferry_benches::ucx::report::{UcxReport, LATENCY_SIZE};
 use ferry_benches::ucx::{self, Bench};
@@ -194,7 +194,24 @@ async fn run(args: Args, config: ferry::ucx::UcxConfig) -> Result<UcxReport> {
             .iter()
             .flat_map(|&d| widths(size).into_iter().map(move |n| (d, n)))
         {
-            match b.measure(size, direction, in_flight, plan).await {
+            // The judged latency row runs as many writes as ucp_put_lat, after as many untimed
+            // ones, so both are measured warm (the first thousands of operations on this VM
+            // are slower than the rest).
+            let latency_row = size == LATENCY_SIZE && in_flight == 1;
+            let (row_plan, warm_up) = match (latency_row, args.run.max_iterations) {
+                (true, None) => (
+                    IterationPlan {
+                        max: plan.max.max(latency.0 as usize),
+                        ..plan
+                    },
+                    latency.1 as usize,
+                ),
+                _ => (plan, 0),
+            };
+            match b
+                .measure(size, direction, in_flight, row_plan, warm_up)
+                .await
+            {
                 Ok(m) => {
                     eprintln!(
                         "ferry {} {} ×{in_flight}: {} ops, p50 {:.1} µs (active {:.1}), p99 {:.1} µs, {:.3} GB/s{}",

@@ -199,7 +199,9 @@ impl UcxReport {
              back (-O 0: no bound on outstanding puts) and counts bytes ÷ time at the \
              sender; its MB/s \
              (2²⁰) are converted. Latency tests report half a round trip. One verified \
-             warm-up per row is not timed. Wall time of the run: {:.1} s.",
+             warm-up per row is not timed; the 4 KiB rows one at a time run as many \
+             operations as ucp_put_lat, after a tenth as many untimed ones (unless \
+             --max-iterations is given). Wall time of the run: {:.1} s.",
             self.wall.as_secs_f64()
         );
         out
