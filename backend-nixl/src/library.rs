@@ -35,6 +35,15 @@
 //! afterwards (a Python Dynamo worker, say) inherit the setting. On a host with EFA devices the
 //! module loads and the crash at exit can happen: the fix belongs in the wheel (bundling
 //! `libefa`, or linking the module against its own `libibverbs`).
+//!
+//! # UCX's log goes to standard error
+//! The wheel's UCX prints its log on standard output unless `UCX_LOG_FILE` says otherwise
+//! (seen: `ferry probe` under `UCX_TLS=tcp,bogus` printed UCX's `transport 'bogus' is not
+//! available` warning among its own output). A process may use standard output as a data
+//! channel (a benchmark's peer speaking JSON lines, a backend host of the conformance suite
+//! speaking its protocol), so before NIXL is first loaded [`load`] sets `UCX_LOG_FILE=stderr`
+//! unless `UCX_LOG_FILE` is already set, as ferry-backend-ucx sends the system UCX's log to
+//! standard error. Child processes started afterwards inherit the setting.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -154,14 +163,25 @@ fn has_efa_device() -> bool {
     })
 }
 
+/// The `UCX_LOG_FILE` value that sends the wheel's UCX log to standard error (see the module
+/// docs), or `None` where the user set `UCX_LOG_FILE`.
+fn ucx_log_file() -> Option<&'static str> {
+    std::env::var_os("UCX_LOG_FILE")
+        .is_none()
+        .then_some("stderr")
+}
+
 fn load_once(explicit: Option<&Path>) -> Result<Loaded, String> {
     if ucx_already_loaded() {
         return Err(UCX_CONFLICT.to_owned());
     }
+    // Before NIXL, and so UCX, is loaded: libucs reads its global options once, when it is
+    // loaded. No other code of this process reads UCX_MODULES or UCX_LOG_FILE.
     if let Some(modules) = ucx_modules() {
-        // Before NIXL, and so UCX, is loaded: libucs reads its global options once, when it
-        // is loaded. No other code of this process reads UCX_MODULES.
         std::env::set_var("UCX_MODULES", modules);
+    }
+    if let Some(log_file) = ucx_log_file() {
+        std::env::set_var("UCX_LOG_FILE", log_file);
     }
     let mut tried = Vec::new();
     let by_path = |dir: &Path, tried: &mut Vec<String>| -> Option<Loaded> {
