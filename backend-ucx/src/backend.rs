@@ -24,8 +24,9 @@
 //! has completed (every byte is in place at the peer) sends the notification key's text as an
 //! active message. Active messages on one endpoint arrive in order after operations flushed
 //! before them, so the passive side sees the key after the data. The flush is posted at the
-//! next look at the worker after the post (an owner's first poll, or the thread's next
-//! round), one per peer for every operation posted to it since the last look: a batch of
+//! next look at the worker after the post (an owner's poll, or the thread's next round once
+//! no owner's window parks it), one per peer for every operation posted to it since the last
+//! look, cancelled ones included: a batch of
 //! operations begun before they are awaited shares one flush, and its peer answers one flush
 //! request instead of one per operation (with `ferry-bench-ucx`, a batch of eight 64 KiB writes
 //! over shared memory took 74–76 µs p50 instead of 100–103, eight 4 KiB writes over tcp 203–251

@@ -224,8 +224,10 @@ type SharedFlush = Rc<RefCell<Result<Request, crate::Error>>>;
 
 impl ActiveOp {
     /// `None` while a request or the flush is in flight; once none is, how they went (the
-    /// first error). A cancelled operation waits for its gets or puts alone: the flush only
-    /// tells when the bytes are in place at the peer, which no longer matters.
+    /// first error). A cancelled operation waits for its flush too: the cancel message must not
+    /// reach the peer before bytes that are still on their way (on a transport with more than
+    /// one lane, a put's local completion does not mean it has landed), or the peer could free
+    /// memory a late put then writes into.
     fn poll(&mut self) -> Option<Result<(), crate::Error>> {
         let (mut pending, mut error) = (false, None);
         for request in &mut self.requests {
@@ -235,10 +237,9 @@ impl ActiveOp {
                 Some(Ok(())) => {}
             }
         }
-        let flushed = match (&self.flush, &self.cancel) {
-            (_, Some(_)) => Some(Ok(())),
-            (None, None) => None,
-            (Some(flush), None) => match &mut *flush.borrow_mut() {
+        let flushed = match &self.flush {
+            None => None,
+            Some(flush) => match &mut *flush.borrow_mut() {
                 Ok(request) => request.poll(),
                 Err(e) => Some(Err(e.clone())),
             },
@@ -357,8 +358,10 @@ impl Progress {
         self.ops.values().any(|op| op.cancel.is_some())
     }
 
-    /// One look: progresses the worker until it has nothing more to do (at most 64 rounds)
-    /// and ends the operations whose requests all finished. Whether anything happened.
+    /// One look: posts the flushes operations posted since the last look wait for
+    /// ([`Progress::issue_flushes`]), progresses the worker until it has nothing more to do (at
+    /// most 64 rounds) and ends the operations whose requests all finished. Whether anything
+    /// happened.
     pub(super) fn look(&mut self) -> bool {
         self.issue_flushes();
         let mut busy = false;
@@ -411,8 +414,8 @@ impl Progress {
         }
     }
 
-    /// Posts active operation `id` (its gets or puts and the flush, on the endpoint to
-    /// `peer`), or ends it at once: not posted if its owner closed it first (the peer is told),
+    /// Posts active operation `id` (its gets or puts on the endpoint to `peer`; the flush behind
+    /// them waits for the next look), or ends it at once: not posted if its owner closed it first (the peer is told),
     /// `Errored` if the post failed.
     pub(super) fn post_op(
         &mut self,
@@ -640,7 +643,7 @@ impl Progress {
     fn issue_flushes(&mut self) {
         let mut issued: HashMap<u64, SharedFlush> = HashMap::new();
         for op in self.ops.values_mut() {
-            if op.flush.is_some() || op.cancel.is_some() {
+            if op.flush.is_some() {
                 continue;
             }
             let flush = issued
@@ -957,6 +960,63 @@ mod tests {
                 "piece {i} did not arrive"
             );
         }
+    }
+
+    #[test]
+    fn a_cancelled_operation_still_waits_for_its_flush() {
+        const PIECE: usize = 4096;
+        let target = vec![0u8; PIECE];
+        let (mut passive, mut active, peer, rkey) = match pair(&target) {
+            Ok(pair) => pair,
+            Err(why) => return println!("skipped: {why}"),
+        };
+        let source = vec![7u8; PIECE];
+        let id = 1;
+        let _settlement = active.table.begin(id);
+        let item = Item {
+            local: source.as_ptr() as usize,
+            len: PIECE,
+            device: Device::Cpu,
+            remote: target.as_ptr() as u64,
+            rkey: 0,
+        };
+        let key = NotificationKey::from_random_bytes([9; 16]);
+        let kind = OperationKind::Write;
+        active.post_op(id, peer, kind, key, std::slice::from_ref(&rkey), &[item]);
+        // The put finishes locally; no look yet, so no flush is posted.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let op = active.ops.get_mut(&id).expect("posted");
+            if op
+                .requests
+                .iter_mut()
+                .all(|request| request.poll().is_some())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the put did not finish within 10 s"
+            );
+            let _ = active.worker.progress();
+            passive.look();
+        }
+        assert!(active.ops[&id].flush.is_none());
+        let (reply, answered) = std::sync::mpsc::sync_channel(1);
+        active.handle(Command::Cancel { id, reply });
+        assert!(
+            active.ops.contains_key(&id) && answered.try_recv().is_err(),
+            "a cancel must not end the operation (and tell the peer) before its flush"
+        );
+        while answered.try_recv().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the cancel did not end within 10 s"
+            );
+            active.look();
+            passive.look();
+        }
+        assert!(!active.ops.contains_key(&id));
     }
 
     #[test]
