@@ -279,12 +279,12 @@ pub(super) struct Progress {
 
 // SAFETY: the UCX objects in a Progress (context, worker, mappings, endpoints, remote keys,
 // requests, the flushes its operations share) and the reference counts and cells of the `safe`
-// types around them are reachable only through it: no method hands one out, and the active-message handler it installs holds
-// only the `Arc<Table>`. A Progress lives in an `Engine`, so one thread at a time touches it,
-// and the mutex orders each holder's accesses after the last one's. UCX allows a worker made
-// in `UCS_THREAD_MODE_SERIALIZED` (see `safe::Context::create_worker`) to be called from any
-// thread, one at a time. CUDA contexts are current per thread, so a Progress that has moved
-// device memory is driven by its progress thread alone (`drivable`).
+// types around them are reachable only through it: no method hands one out, and the active-message
+// handler it installs holds only the `Arc<Table>`. A Progress lives in an `Engine`, so one thread
+// at a time touches it, and the mutex orders each holder's accesses after the last one's. UCX
+// allows a worker made in `UCS_THREAD_MODE_SERIALIZED` (see `safe::Context::create_worker`) to be
+// called from any thread, one at a time. CUDA contexts are current per thread, so a Progress that
+// has moved device memory is driven by its progress thread alone (`drivable`).
 unsafe impl Send for Progress {}
 
 fn failure(endpoint: &Endpoint, error: &crate::Error) -> Error {
@@ -414,9 +414,9 @@ impl Progress {
         }
     }
 
-    /// Posts active operation `id` (its gets or puts on the endpoint to `peer`; the flush behind
-    /// them waits for the next look), or ends it at once: not posted if its owner closed it first (the peer is told),
-    /// `Errored` if the post failed.
+    /// Posts active operation `id` (its gets or puts on the endpoint to `peer`; the flush
+    /// behind them waits for the next look), or ends it at once: not posted if its owner closed
+    /// it first (the peer is told), `Errored` if the post failed.
     pub(super) fn post_op(
         &mut self,
         id: u64,
