@@ -194,9 +194,9 @@ async fn run(args: Args, config: ferry::ucx::UcxConfig) -> Result<UcxReport> {
             .iter()
             .flat_map(|&d| widths(size).into_iter().map(move |n| (d, n)))
         {
-            // The judged latency row runs as many writes as ucp_put_lat, after as many untimed
-            // ones, so both are measured warm (the first thousands of operations on this VM
-            // are slower than the rest).
+            // The judged latency row runs as many writes as ucp_put_lat, after a tenth as many
+            // untimed ones as ucp_put_lat does, so both are measured warm (the first thousands
+            // of operations on this VM are slower than the rest).
             let latency_row = size == LATENCY_SIZE && in_flight == 1;
             let (row_plan, warm_up) = match (latency_row, args.run.max_iterations) {
                 (true, None) => (
