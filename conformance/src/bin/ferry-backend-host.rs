@@ -119,9 +119,13 @@ fn snapshot(event: &Event, lands: bool, memory: &[Descriptor<'_>]) -> Option<Vec
 }
 
 /// Drives one transfer until it ends, is cancelled or is dropped, reporting every event.
+///
+/// The transfer and its registrations are dropped before its last reply goes out: a harness
+/// that has seen an operation end then counts it gone (`Command::Live`).
 async fn drive(
     op: u64,
     mut transfer: Box<dyn Transfer>,
+    registered: Registered,
     memory: &mut [Descriptor<'static>],
     lands: bool,
     out: Out,
@@ -131,7 +135,7 @@ async fn drive(
         Event(Event),
         Control(Option<Control>),
     }
-    loop {
+    let last = loop {
         let step = poll_fn(|cx| {
             if let Poll::Ready(c) = control.poll_recv(cx) {
                 return Poll::Ready(Step::Control(c));
@@ -146,22 +150,26 @@ async fn drive(
                     Event::Completed | Event::PeerCancelled | Event::Failed(_)
                 );
                 let landed = snapshot(&event, lands, memory);
-                let _ = out.send(Reply::Event { op, event, landed });
+                let reply = Reply::Event { op, event, landed };
                 if terminal {
-                    break;
+                    break Some(reply);
                 }
+                let _ = out.send(reply);
             }
             Step::Control(Some(Control::Cancel)) => {
                 let event = transfer.cancel(memory);
                 let landed = event.as_ref().and_then(|e| snapshot(e, lands, memory));
                 let outcome = CancelOutcome::Cancelled(event, landed);
-                let _ = out.send(Reply::CancelResult { op, outcome });
-                break;
+                break Some(Reply::CancelResult { op, outcome });
             }
-            Step::Control(Some(Control::Drop) | None) => break,
+            Step::Control(Some(Control::Drop) | None) => break None,
         }
-    }
+    };
     drop(transfer);
+    drop(registered);
+    if let Some(reply) = last {
+        let _ = out.send(reply);
+    }
     // A cancel that raced the terminal event finds the transfer ended; the event went first.
     control.close();
     while let Ok(c) = control.try_recv() {
@@ -202,19 +210,21 @@ impl Host {
                 tokio::spawn(async move {
                     let mut memory = memory(buffers);
                     let registered = Registered::new(&backend, &memory);
-                    let exposed = match &registered {
-                        Ok(_) => backend.expose(kind, key, &memory, deadline).await,
-                        Err(e) => Err(e.clone()),
+                    let exposed = match registered {
+                        Ok(registered) => backend
+                            .expose(kind, key, &memory, deadline)
+                            .await
+                            .map(|exposed| (exposed, registered)),
+                        Err(e) => Err(e),
                     };
                     match exposed {
-                        Ok(exposed) => {
+                        Ok((exposed, registered)) => {
                             let addrs = memory.iter().map(|d| d.addr()).collect();
                             let result = Ok((exposed.endpoint.encode(), addrs));
                             let _ = out.send(Reply::Exposed { op, result });
                             let lands = kind == OperationKind::Write;
                             let transfer = exposed.transfer;
-                            drive(op, transfer, &mut memory, lands, out, control).await;
-                            drop(registered);
+                            drive(op, transfer, registered, &mut memory, lands, out, control).await;
                         }
                         Err(e) => {
                             let _ = out.send(Reply::Exposed { op, result: Err(e) });
@@ -261,22 +271,22 @@ impl Host {
                 tokio::spawn(async move {
                     let mut memory = memory(buffers);
                     let registered = Registered::new(&backend, &memory);
-                    let posted = match (peer, RdmaMetadata::from_json(&metadata), &registered) {
-                        (_, _, Err(e)) => Err(e.clone()),
-                        (Some(peer), Ok(metadata), Ok(_)) => {
-                            peer.post(kind, &metadata, &mut memory, deadline).await
-                        }
+                    let posted = match (peer, RdmaMetadata::from_json(&metadata), registered) {
+                        (_, _, Err(e)) => Err(e),
+                        (Some(peer), Ok(metadata), Ok(registered)) => peer
+                            .post(kind, &metadata, &mut memory, deadline)
+                            .await
+                            .map(|transfer| (transfer, registered)),
                         (None, _, _) => Err(Error::PeerLost {
                             reason: "the host has no such peer".into(),
                         }),
                         (_, Err(e), _) => Err(e),
                     };
                     match posted {
-                        Ok(transfer) => {
+                        Ok((transfer, registered)) => {
                             let _ = out.send(Reply::Posted { op, result: Ok(()) });
                             let lands = kind == OperationKind::Read;
-                            drive(op, transfer, &mut memory, lands, out, control).await;
-                            drop(registered);
+                            drive(op, transfer, registered, &mut memory, lands, out, control).await;
                         }
                         Err(e) => {
                             let _ = out.send(Reply::Posted { op, result: Err(e) });
