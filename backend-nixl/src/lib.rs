@@ -18,7 +18,7 @@
 //! ```text
 //!  passive (readable/writable)                         active (read/write)
 //!  register regions, expose ──── RdmaMetadata ────────► load agent md (cached by blob)
-//!                                                      create + post xfer (notif = key)
+//!                                                      make + post xfer (notif = key)
 //!  memory ◄════════ UCX moves bytes (CMA, tcp, RDMA) ══ poll status → Complete
 //!  notification "key" ◄──────────────────────────────── (sent by NIXL after the data)
 //!  → Complete
@@ -50,6 +50,17 @@
 //! to progress, which costs microseconds). A longer pause trades that CPU for up to that much
 //! extra delay before a passive operation sees its notification.
 //!
+//! # Transfer requests
+//! An active operation's request is made with NIXL's `make_xfer_req` from prepared descriptor
+//! lists (`prep_xfer_dlist`), kept per list of local regions and per remote agent and list of
+//! its regions: with a registration cache on both sides, a worker that reuses its buffers
+//! makes each request without NIXL looking its regions up again, which `create_xfer_req`
+//! does on every call. Where no list is kept the operation prepares them, at about the cost
+//! of `create_xfer_req`. Local lists are released before any memory is deregistered, remote
+//! ones before any metadata is loaded or unloaded, so a list never outlives what it was
+//! prepared against ([`NixlStats::prepared_lists`] counts those held, at most 64 per side and
+//! per remote agent).
+//!
 //! # Device memory
 //! With the `cuda` feature, descriptors over CUDA device memory are registered with NIXL as
 //! `VRAM` (device id = the CUDA ordinal) and named so in transfer lists, so NIXL's UCX plugin
@@ -79,6 +90,7 @@
 #![warn(missing_docs)]
 
 pub mod library;
+mod prepared;
 mod progress;
 mod zlib;
 
@@ -98,8 +110,10 @@ use ferry_core::{
 };
 use nixl_sys::{
     Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, OptArgs,
-    RegistrationHandle, XferDescList, XferOp, XferRequest, XferStatus,
+    RegistrationHandle, XferOp, XferRequest, XferStatus,
 };
+
+use prepared::{Prepared, Stage};
 
 use progress::{lock, ActiveSlot, PassiveSlot, Progress, SharedRequest};
 
@@ -309,11 +323,14 @@ impl Peers {
     }
 }
 
-/// Unloads remote agents nothing holds any more (never `local` itself); called with the peers
-/// lock held.
-fn unload(local: &Agent, agents: &[String]) {
+/// Unloads remote agents nothing holds any more (never the local agent itself), releasing
+/// their prepared lists first; called with the peers lock held.
+fn unload(shared: &Shared, agents: &[String]) {
+    let local = &shared.agent;
     let own = local.name();
+    let mut prepared = lock(&shared.prepared);
     for agent in agents.iter().filter(|a| **a != own) {
+        prepared.forget_remote(agent);
         if let Err(e) = local.invalidate_remote_md(agent) {
             tracing::debug!(%agent, "unloading a remote agent's metadata: {e}");
         }
@@ -351,12 +368,16 @@ impl Drop for AgentRef {
             holders.users = holders.users.saturating_sub(1);
         }
         if peers.unheld(&self.name) {
-            unload(&self.shared.agent, std::slice::from_ref(&self.name));
+            unload(&self.shared, std::slice::from_ref(&self.name));
         }
     }
 }
 
 struct Shared {
+    /// Prepared descriptor lists (see `prepared`). Declared before `agent`, so released
+    /// while the agent lives. Its lock is held across every deregistration and every load and
+    /// unload of remote metadata (lock order: `peers`, then this, then `registrations`).
+    prepared: Mutex<Prepared>,
     agent: Agent,
     progress: Arc<Progress>,
     capabilities: Capabilities,
@@ -416,6 +437,7 @@ impl NixlBackend {
             Err(_) => vec![DeviceKind::Host],
         };
         let shared = Arc::new(Shared {
+            prepared: Mutex::new(Prepared::default()),
             agent,
             progress: progress.clone(),
             capabilities: Capabilities {
@@ -472,6 +494,10 @@ impl NixlBackend {
             let peers = lock(&self.shared.peers);
             (peers.loaded.len(), peers.agents.len())
         };
+        let (prepared_lists, lists_prepared) = {
+            let prepared = lock(&self.shared.prepared);
+            (prepared.len(), prepared.made)
+        };
         let state = self.shared.progress.lock();
         NixlStats {
             live_keys: state.passive.len(),
@@ -481,6 +507,8 @@ impl NixlBackend {
             registrations: lock(&self.shared.registrations).len(),
             loaded_peers,
             remote_agents,
+            prepared_lists,
+            lists_prepared,
         }
     }
 }
@@ -503,6 +531,13 @@ pub struct NixlStats {
     pub loaded_peers: usize,
     /// Remote agents loaded in NIXL: those with a cached blob or in use.
     pub remote_agents: usize,
+    /// Descriptor lists NIXL holds prepared for operations over the same regions again
+    /// (local lists until memory is deregistered, remote ones until metadata is loaded or
+    /// unloaded; see the crate's "Transfer requests" section).
+    pub prepared_lists: usize,
+    /// Descriptor lists prepared since the backend started: an operation over regions whose
+    /// lists are kept prepares none.
+    pub lists_prepared: u64,
 }
 
 impl Drop for NixlBackend {
@@ -557,7 +592,7 @@ impl Shared {
     fn forget(&self, agent: &str) {
         let mut peers = lock(&self.peers);
         let released = peers.drop_blobs(|name, _| name == agent);
-        unload(&self.agent, &released);
+        unload(self, &released);
     }
 
     /// The remote agent a blob names, loading its metadata unless this exact blob is loaded.
@@ -580,7 +615,13 @@ impl Shared {
                 reason: format!("agent metadata inflates past {MAX_AGENT_METADATA} bytes"),
             },
         })?;
-        let name = self.agent.load_remote_md(&metadata).map_err(|e| match e {
+        // A newer blob of a loaded agent replaces the metadata its lists were prepared
+        // against; none is prepared or used until the load is done.
+        let mut prepared = lock(&self.prepared);
+        prepared.forget_all_remote();
+        let loaded = self.agent.load_remote_md(&metadata);
+        drop(prepared);
+        let name = loaded.map_err(|e| match e {
             // The metadata parsed, but the UCX plugin could not connect to the agent it
             // names (its process is gone, or unreachable).
             NixlError::BackendError => Error::PeerLost {
@@ -603,7 +644,7 @@ impl Shared {
             .insert(compressed.to_vec(), (name.clone(), tick));
         peers.add_blob(&name);
         released.retain(|agent| *agent != name);
-        unload(&self.agent, &released);
+        unload(self, &released);
         Ok(name)
     }
 }
@@ -643,10 +684,16 @@ impl ferry_core::Backend for NixlBackend {
     }
 
     fn deregister(&self, id: RegistrationId) {
+        // No prepared list may refer to the registration once it is gone, nor be prepared
+        // against it meanwhile.
+        let mut prepared = lock(&self.shared.prepared);
+        prepared.forget_local();
         // Dropping the handle deregisters the memory.
         let handle = lock(&self.shared.registrations).remove(&id.0);
-        if handle.is_some() {
-            drop(handle);
+        let deregistered = handle.is_some();
+        drop(handle);
+        drop(prepared);
+        if deregistered {
             self.shared.generation.fetch_add(1, Ordering::Release);
             self.shared.progress.lock().linger();
         }
@@ -812,22 +859,6 @@ struct NixlPeer {
     agent: AgentRef,
 }
 
-/// A transfer list over `regions` (address, length, device). NIXL takes one memory type per
-/// list: validation has already refused lists that mix host and device memory, so the first
-/// region's type is every region's (an empty list is host memory).
-fn descriptor_list<'d>(
-    regions: impl Iterator<Item = (usize, usize, Device)>,
-) -> Result<XferDescList<'d>, Error> {
-    let mut regions = regions.peekable();
-    let (mem, _) = mem_of(regions.peek().map_or(Device::Cpu, |(_, _, device)| *device));
-    let mut list = XferDescList::new(mem)
-        .map_err(|e| backend_error(e, Side::Local, "creating a descriptor list"))?;
-    for (addr, len, device) in regions {
-        list.add_desc(addr, len, mem_of(device).1);
-    }
-    Ok(list)
-}
-
 impl NixlPeer {
     fn post_now(
         &self,
@@ -836,17 +867,15 @@ impl NixlPeer {
         local: &[Descriptor<'_>],
     ) -> Result<ActiveTransfer, Error> {
         settle_streams(local)?;
-        let local_list = descriptor_list(
-            local
-                .iter()
-                .map(|d| (d.addr() as usize, d.len(), d.device())),
-        )?;
-        let remote_list = descriptor_list(
-            remote
-                .descriptors
-                .iter()
-                .map(|d| (d.ptr as usize, d.size as usize, d.device)),
-        )?;
+        let local_spans: Vec<prepared::Span> = local
+            .iter()
+            .map(|d| (d.addr() as usize, d.len(), d.device()))
+            .collect();
+        let remote_spans: Vec<prepared::Span> = remote
+            .descriptors
+            .iter()
+            .map(|d| (d.ptr as usize, d.size as usize, d.device))
+            .collect();
         let mut args = OptArgs::new().map_err(|e| backend_error(e, Side::Local, "opt args"))?;
         args.set_notification_message(&remote.notification_key.completion_message())
             .and_then(|()| args.set_has_notification(true))
@@ -856,19 +885,30 @@ impl NixlPeer {
             OperationKind::Write => XferOp::Write,
         };
         let agent = &self.shared.agent;
-        let request = agent
-            .create_xfer_req(op, &local_list, &remote_list, &self.agent.name, Some(&args))
-            .map_err(|e| match e {
+        let request = lock(&self.shared.prepared)
+            .request(
+                agent,
+                op,
+                &local_spans,
+                &self.agent.name,
+                &remote_spans,
+                &args,
+            )
+            .map_err(|(stage, e)| match (stage, e) {
                 // The remote regions are not in the agent metadata we hold: the peer never
                 // offered them.
-                NixlError::InvalidParam | NixlError::NotFound => Error::AccessDenied {
+                (
+                    Stage::Remote | Stage::Make,
+                    e @ (NixlError::InvalidParam | NixlError::NotFound),
+                ) => Error::AccessDenied {
                     side: Side::Local,
                     reason: format!(
                         "NIXL cannot map the remote regions of {}: {e}",
                         self.agent.name
                     ),
                 },
-                other => backend_error(other, Side::Local, "create_xfer_req"),
+                (Stage::Local, other) => backend_error(other, Side::Local, "prepare_xfer_dlist"),
+                (_, other) => backend_error(other, Side::Local, "make_xfer_req"),
             })?;
         agent
             .post_xfer_req(&request, Some(&args))

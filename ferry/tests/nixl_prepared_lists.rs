@@ -1,0 +1,133 @@
+//! A nixl Connector makes its transfer requests from prepared descriptor lists: kept while
+//! the registrations and the remote metadata they were prepared against live, released before
+//! either changes, so operations over reused buffers prepare nothing and operations over
+//! memory registered anew still land every byte.
+#![cfg(feature = "nixl")]
+
+mod common;
+
+use std::sync::Arc;
+
+use ferry::nixl::{NixlBackend, NixlConfig};
+use ferry::{Connector, Descriptor};
+
+async fn connector(name: &str, cache: usize) -> (Connector, Arc<NixlBackend>) {
+    let config = NixlConfig::named(format!("{name}-{}-prep", std::process::id()));
+    common::nixl_connector(name, config, cache).await
+}
+
+/// `reader` reads `source` from a readable of `owner` into `landing`; both complete and every
+/// byte lands.
+async fn read_into(reader: &Connector, owner: &Connector, source: &[u8], landing: &mut [u8]) {
+    landing.fill(0);
+    common::read_in_pieces(owner, reader, source, landing, source.len()).await;
+    assert_eq!(landing, source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_buffers_reuse_their_prepared_lists() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (reader, backend) = connector("reader", 4).await;
+    let (owner, _) = connector("owner", 4).await;
+    let source = ferry::demo::pattern(4096, 5);
+    let mut landing = vec![0u8; 4096];
+
+    read_into(&reader, &owner, &source, &mut landing).await;
+    let first = backend.stats();
+    assert_eq!(
+        first.lists_prepared, 2,
+        "one local and one remote list: {first:?}"
+    );
+    for _ in 0..10 {
+        read_into(&reader, &owner, &source, &mut landing).await;
+    }
+    let after = backend.stats();
+    assert_eq!(after.lists_prepared, 2, "nothing prepared again: {after:?}");
+    assert_eq!(after.prepared_lists, 2, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistered_memory_releases_its_prepared_lists() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    // No registration cache: the reader registers and deregisters its landing per operation,
+    // so no local list survives an operation, and every read still lands its bytes.
+    let (reader, backend) = connector("reader", 0).await;
+    let (owner, _) = connector("owner", 4).await;
+    let source = ferry::demo::pattern(4096, 6);
+    let mut landing = vec![0u8; 4096];
+    for round in 1..=3u64 {
+        read_into(&reader, &owner, &source, &mut landing).await;
+        let stats = backend.stats();
+        assert_eq!(stats.registrations, 0, "{stats:?}");
+        assert_eq!(
+            stats.prepared_lists, 1,
+            "only the remote list is kept: {stats:?}"
+        );
+        assert_eq!(
+            stats.lists_prepared,
+            round + 1,
+            "a local list per read: {stats:?}"
+        );
+    }
+
+    // A cache of one registration: reading into another buffer evicts the first one's, and
+    // with it every local list; reading into the first again prepares anew and lands.
+    let (reader, backend) = connector("cached-reader", 1).await;
+    let mut other = vec![0u8; 4096];
+    read_into(&reader, &owner, &source, &mut landing).await;
+    read_into(&reader, &owner, &source, &mut other).await;
+    let before = backend.stats().lists_prepared;
+    read_into(&reader, &owner, &source, &mut landing).await;
+    let stats = backend.stats();
+    assert_eq!(stats.registrations, 1, "{stats:?}");
+    assert_eq!(
+        stats.lists_prepared,
+        before + 1,
+        "the local list again: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_remote_metadata_releases_the_remote_lists() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (reader, backend) = connector("reader", 4).await;
+    let (owner, _) = connector("owner", 4).await;
+    let source = ferry::demo::pattern(4096, 11);
+    let mut landing = vec![0u8; 4096];
+    read_into(&reader, &owner, &source, &mut landing).await;
+    assert_eq!(backend.stats().lists_prepared, 2);
+
+    // Each round the owner registers more memory, so its next readable carries new agent
+    // metadata; the reader loads it, releasing the remote list prepared against the old, and
+    // prepares it again over the same regions.
+    let extras: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
+    let extra_descriptors: Vec<Descriptor<'_>> =
+        extras.iter().map(|e| Descriptor::from_slice(e)).collect();
+    let mut pins = Vec::new();
+    for (round, extra) in extra_descriptors.iter().enumerate() {
+        pins.push(owner.register([extra]).expect("register"));
+        read_into(&reader, &owner, &source, &mut landing).await;
+        let stats = backend.stats();
+        assert_eq!(stats.prepared_lists, 2, "{stats:?}");
+        assert_eq!(
+            stats.lists_prepared,
+            round as u64 + 3,
+            "the remote list again, the local one kept: {stats:?}"
+        );
+    }
+
+    // Pieces: a list of several descriptors on each side.
+    let source = ferry::demo::pattern(4096, 30);
+    landing.fill(0);
+    common::read_in_pieces(&owner, &reader, &source, &mut landing, 1024).await;
+    assert_eq!(landing, source);
+}
