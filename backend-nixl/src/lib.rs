@@ -56,10 +56,12 @@
 //! its regions: with a registration cache on both sides, a worker that reuses its buffers
 //! makes each request without NIXL looking its regions up again, which `create_xfer_req`
 //! does on every call. Where no list is kept the operation prepares them, at about the cost
-//! of `create_xfer_req`. Local lists are released before any memory is deregistered, remote
-//! ones before any metadata is loaded or unloaded, so a list never outlives what it was
-//! prepared against ([`NixlStats::prepared_lists`] counts those held, at most 64 per side and
-//! per remote agent).
+//! of `create_xfer_req`. Local lists, and lists prepared against the agent itself (a
+//! Connector reading from itself), are released before any memory is deregistered; a remote
+//! agent's lists before its metadata is loaded again or unloaded. So a list never outlives
+//! what it was prepared against ([`NixlStats::prepared_lists`] counts those held, at most 64
+//! per side and per remote agent). A remote region the peer never registered is refused as
+//! [`Error::AccessDenied`] when its list is prepared, before anything moves.
 //!
 //! # Device memory
 //! With the `cuda` feature, descriptors over CUDA device memory are registered with NIXL as
@@ -437,7 +439,7 @@ impl NixlBackend {
             Err(_) => vec![DeviceKind::Host],
         };
         let shared = Arc::new(Shared {
-            prepared: Mutex::new(Prepared::default()),
+            prepared: Mutex::new(Prepared::new(config.agent_name.clone())),
             agent,
             progress: progress.clone(),
             capabilities: Capabilities {
@@ -532,8 +534,8 @@ pub struct NixlStats {
     /// Remote agents loaded in NIXL: those with a cached blob or in use.
     pub remote_agents: usize,
     /// Descriptor lists NIXL holds prepared for operations over the same regions again
-    /// (local lists until memory is deregistered, remote ones until metadata is loaded or
-    /// unloaded; see the crate's "Transfer requests" section).
+    /// (local lists until memory is deregistered, a remote agent's until its metadata is
+    /// loaded again or unloaded; see the crate's "Transfer requests" section).
     pub prepared_lists: usize,
     /// Descriptor lists prepared since the backend started: an operation over regions whose
     /// lists are kept prepares none.
@@ -615,11 +617,11 @@ impl Shared {
                 reason: format!("agent metadata inflates past {MAX_AGENT_METADATA} bytes"),
             },
         })?;
-        // A newer blob of a loaded agent replaces the metadata its lists were prepared
-        // against; none is prepared or used until the load is done.
+        // A newer blob of a loaded agent changes what its lists were prepared against; none
+        // is prepared or used until the load is done and they are released.
         let mut prepared = lock(&self.prepared);
-        prepared.forget_all_remote();
         let loaded = self.agent.load_remote_md(&metadata);
+        prepared.loaded(&loaded);
         drop(prepared);
         let name = loaded.map_err(|e| match e {
             // The metadata parsed, but the UCX plugin could not connect to the agent it
@@ -897,15 +899,18 @@ impl NixlPeer {
             .map_err(|(stage, e)| match (stage, e) {
                 // The remote regions are not in the agent metadata we hold: the peer never
                 // offered them.
-                (
-                    Stage::Remote | Stage::Make,
-                    e @ (NixlError::InvalidParam | NixlError::NotFound),
-                ) => Error::AccessDenied {
-                    side: Side::Local,
-                    reason: format!(
-                        "NIXL cannot map the remote regions of {}: {e}",
-                        self.agent.name
-                    ),
+                (Stage::Remote, e @ (NixlError::InvalidParam | NixlError::NotFound)) => {
+                    Error::AccessDenied {
+                        side: Side::Local,
+                        reason: format!(
+                            "NIXL cannot map the remote regions of {}: {e}",
+                            self.agent.name
+                        ),
+                    }
+                }
+                // The remote agent's metadata was unloaded since (its peer was cut off).
+                (Stage::Make, NixlError::NotFound) => Error::PeerLost {
+                    reason: format!("NIXL no longer holds the metadata of {}", self.agent.name),
                 },
                 (Stage::Local, other) => backend_error(other, Side::Local, "prepare_xfer_dlist"),
                 (_, other) => backend_error(other, Side::Local, "make_xfer_req"),
@@ -999,7 +1004,11 @@ impl ActiveTransfer {
             peer = %self.remote_agent.name,
             "a cancelled NIXL transfer did not finish within {DRAIN:?}; disconnecting the peer"
         );
-        let _ = agent.invalidate_remote_md(&self.remote_agent.name);
+        {
+            let mut prepared = lock(&self.shared.prepared);
+            prepared.forget_remote(&self.remote_agent.name);
+            let _ = agent.invalidate_remote_md(&self.remote_agent.name);
+        }
         self.shared.forget(&self.remote_agent.name);
         if let Some(done) = settled(CUT_OFF) {
             return done;

@@ -9,10 +9,12 @@
 //!
 //! A prepared list refers to the registrations and loaded metadata it was prepared against,
 //! so it is released before either changes:
-//! - every local list before any local deregistration ([`Prepared::forget_local`]);
+//! - every local list, and every list prepared against this agent's own name (a Connector
+//!   that reads from itself: NIXL's section for its own agent is its registrations), before
+//!   any local deregistration ([`Prepared::forget_local`]);
 //! - a remote agent's lists before its metadata is unloaded ([`Prepared::forget_remote`]),
-//!   and every remote list before any metadata is loaded ([`Prepared::forget_all_remote`]):
-//!   a newer blob of a loaded agent replaces what its lists were prepared against.
+//!   and before a blob of its metadata is loaded ([`Prepared::loaded`]; a load that fails
+//!   may have erased an agent's metadata without saying whose, so then every remote list).
 //!
 //! The callers hold the `Prepared` lock across those NIXL calls, and every list is prepared
 //! and used under it, so no list outlives what it refers to. A request made from a list
@@ -63,8 +65,9 @@ struct PreparedList(XferDlistHandle);
 unsafe impl Send for PreparedList {}
 
 /// The prepared lists of one backend.
-#[derive(Default)]
 pub(crate) struct Prepared {
+    /// This backend's own agent name.
+    own: String,
     local: HashMap<Vec<Span>, PreparedList>,
     remote: HashMap<String, HashMap<Vec<Span>, PreparedList>>,
     /// Lists prepared since the backend started.
@@ -72,9 +75,21 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// Releases every local list; call before deregistering memory, lock held.
+    /// No lists yet, for the agent named `own`.
+    pub(crate) fn new(own: String) -> Prepared {
+        Prepared {
+            own,
+            local: HashMap::new(),
+            remote: HashMap::new(),
+            made: 0,
+        }
+    }
+
+    /// Releases every list that refers to local registrations (the local ones, and those
+    /// prepared against this agent's own name); call before deregistering memory, lock held.
     pub(crate) fn forget_local(&mut self) {
         self.local.clear();
+        self.remote.remove(&self.own);
     }
 
     /// Releases `agent`'s lists; call before unloading its metadata, lock held.
@@ -82,9 +97,13 @@ impl Prepared {
         self.remote.remove(agent);
     }
 
-    /// Releases every remote list; call before loading metadata, lock held.
-    pub(crate) fn forget_all_remote(&mut self) {
-        self.remote.clear();
+    /// After a load of remote metadata (lock held across it): releases the lists of the
+    /// agent it loaded, or every remote list where it failed.
+    pub(crate) fn loaded<T>(&mut self, load: &Result<String, T>) {
+        match load {
+            Ok(agent) => self.forget_remote(agent),
+            Err(_) => self.remote.clear(),
+        }
     }
 
     /// Lists held now.

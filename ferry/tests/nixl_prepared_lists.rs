@@ -131,3 +131,60 @@ async fn new_remote_metadata_releases_the_remote_lists() {
     common::read_in_pieces(&owner, &reader, &source, &mut landing, 1024).await;
     assert_eq!(landing, source);
 }
+
+/// A Connector reading from itself prepares its "remote" list against its own agent, whose
+/// NIXL section is its registrations: deregistering memory must release that list too. Before
+/// (236ac55) it was kept, and the next request carried the freed registration's metadata
+/// (a crash in `sendXferRange` within a few rounds; valgrind saw the read of freed memory at
+/// the first reuse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_reading_from_itself_releases_its_own_lists_with_its_memory() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (connector, backend) = connector("self", 0).await;
+    let mut source = vec![0u8; 4096];
+    let mut landing = vec![0u8; 4096];
+    for round in 0..20u64 {
+        source.copy_from_slice(&ferry::demo::pattern(4096, 100 + round));
+        read_into(&connector, &connector, &source, &mut landing).await;
+        let stats = backend.stats();
+        assert_eq!(stats.registrations, 0, "{stats:?}");
+        assert_eq!(
+            stats.prepared_lists, 0,
+            "nothing outlives the memory: {stats:?}"
+        );
+    }
+}
+
+/// A remote region the peer never registered is refused before anything moves, as
+/// `AccessDenied` (NIXL finds it in no metadata held for the peer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_the_peer_never_offered_is_refused() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (reader, _) = connector("reader", 4).await;
+    let (owner, _) = connector("owner", 4).await;
+    let source = ferry::demo::pattern(4096, 40);
+    let mut landing = vec![0u8; 4096];
+    let readable = owner
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    let mut forged = readable.metadata().clone();
+    let elsewhere = vec![0u8; 1 << 20];
+    forged.descriptors[0].ptr = elsewhere.as_ptr() as u64 + 4096;
+    let refused = reader
+        .begin_read(&forged, [Descriptor::from_mut_slice(&mut landing)])
+        .await
+        .map(|_| ());
+    assert!(
+        matches!(refused, Err(ferry::Error::AccessDenied { .. })),
+        "{refused:?}"
+    );
+    assert!(landing.iter().all(|&b| b == 0));
+    drop(readable);
+}
