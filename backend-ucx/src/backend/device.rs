@@ -28,7 +28,8 @@ use crate::safe::{Context, MemoryType};
 ///   default before UCX 1.16 (`UCX_PROTO_ENABLE=n`), treat the local buffer of every get and
 ///   put as host memory (UCX 1.13's `ucp_rma_request_init` sets it so), and a transport then
 ///   copies from a device pointer as from host memory;
-/// - a CUDA driver and device are present ([`ferry_core::cuda::device_count`]).
+/// - a CUDA driver and device are present (`ferry_core::cuda::device_count`, which exists with
+///   the `cuda` feature).
 pub(crate) fn cuda_support(context: &Context) -> Result<(), String> {
     #[cfg(not(feature = "cuda"))]
     {
@@ -143,7 +144,7 @@ impl DeviceContext {
 
 /// Waits until the work queued on the CUDA streams of `descriptors` has finished, so that UCX
 /// (whose copies run on streams of its own) reads what the caller's kernels wrote and writes
-/// nothing they still read ([`ferry_core::cuda::synchronize_streams`]).
+/// nothing they still read (`ferry_core::cuda::synchronize_streams`, with the `cuda` feature).
 pub(super) fn settle_streams(descriptors: &[Descriptor<'_>]) -> Result<(), Error> {
     #[cfg(feature = "cuda")]
     return ferry_core::cuda::synchronize_streams(descriptors);
