@@ -133,12 +133,16 @@ impl Prepared {
             self.local.insert(local.to_vec(), PreparedList(handle));
             self.made += 1;
         }
-        let lists = self.remote.entry(remote_agent.to_owned()).or_default();
-        if !lists.contains_key(remote) {
+        let kept = self
+            .remote
+            .get(remote_agent)
+            .is_some_and(|lists| lists.contains_key(remote));
+        if !kept {
             let list = descriptor_list(remote).map_err(|e| (Stage::Local, e))?;
             let handle = agent
                 .prepare_xfer_dlist(remote_agent, &list, None)
                 .map_err(|e| (Stage::Remote, e))?;
+            let lists = self.remote.entry(remote_agent.to_owned()).or_default();
             if lists.len() >= CAPACITY {
                 lists.clear();
             }
