@@ -328,14 +328,10 @@ impl Peers {
 /// Unloads remote agents nothing holds any more (never the local agent itself), releasing
 /// their prepared lists first; called with the peers lock held.
 fn unload(shared: &Shared, agents: &[String]) {
-    let local = &shared.agent;
-    let own = local.name();
+    let own = shared.agent.name();
     let mut prepared = lock(&shared.prepared);
     for agent in agents.iter().filter(|a| **a != own) {
-        prepared.forget_remote(agent);
-        if let Err(e) = local.invalidate_remote_md(agent) {
-            tracing::debug!(%agent, "unloading a remote agent's metadata: {e}");
-        }
+        shared.invalidate(&mut prepared, agent);
     }
 }
 
@@ -552,6 +548,15 @@ impl Drop for NixlBackend {
 }
 
 impl Shared {
+    /// Releases `agent`'s prepared lists, then unloads its metadata from NIXL (which closes
+    /// its endpoint); `prepared` is the held `Prepared` lock.
+    fn invalidate(&self, prepared: &mut Prepared, agent: &str) {
+        prepared.forget_remote(agent);
+        if let Err(e) = self.agent.invalidate_remote_md(agent) {
+            tracing::debug!(%agent, "unloading a remote agent's metadata: {e}");
+        }
+    }
+
     fn local_endpoint(&self) -> Result<EndpointBlob, Error> {
         let generation = self.generation.load(Ordering::Acquire);
         let mut cached = lock(&self.local_blob);
@@ -1004,11 +1009,8 @@ impl ActiveTransfer {
             peer = %self.remote_agent.name,
             "a cancelled NIXL transfer did not finish within {DRAIN:?}; disconnecting the peer"
         );
-        {
-            let mut prepared = lock(&self.shared.prepared);
-            prepared.forget_remote(&self.remote_agent.name);
-            let _ = agent.invalidate_remote_md(&self.remote_agent.name);
-        }
+        self.shared
+            .invalidate(&mut lock(&self.shared.prepared), &self.remote_agent.name);
         self.shared.forget(&self.remote_agent.name);
         if let Some(done) = settled(CUT_OFF) {
             return done;
