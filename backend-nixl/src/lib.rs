@@ -918,7 +918,10 @@ impl NixlPeer {
                     reason: format!("NIXL no longer holds the metadata of {}", self.agent.name),
                 },
                 (Stage::Local, other) => backend_error(other, Side::Local, "prepare_xfer_dlist"),
-                (_, other) => backend_error(other, Side::Local, "make_xfer_req"),
+                (Stage::Remote, other) => {
+                    backend_error(other, Side::Local, "prepare_xfer_dlist (remote)")
+                }
+                (Stage::Make, other) => backend_error(other, Side::Local, "make_xfer_req"),
             })?;
         agent
             .post_xfer_req(&request, Some(&args))
