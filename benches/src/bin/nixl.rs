@@ -53,9 +53,10 @@ struct Args {
     /// scripts/install-dynamo-venv.sh is there).
     #[arg(long)]
     no_dynamo: bool,
-    /// How the raw loop polls NIXL: backoff (the target polls back to back for 200 µs, then
-    /// every 100 µs, as ferry's progress thread backs off; the initiator polls back to back,
-    /// yielding the CPU), yield (both sides poll back to back, yielding), or spin.
+    /// How the raw loop polls NIXL: backoff (the target polls back to back for 1 ms, then
+    /// every 100 µs, as a ferry owner's window and then its progress thread do by default; the
+    /// initiator polls back to back, yielding the CPU), yield (both sides poll back to back,
+    /// yielding), or spin.
     #[arg(long, value_parser = parse_polling, default_value = "backoff")]
     raw_polling: Polling,
     /// Which memory ferry's timed operations send from: shared (the raw loop's registered

@@ -70,9 +70,10 @@ pub enum Polling {
     /// The target yields for the first [`BACKOFF_AFTER`] of its wait, then sleeps
     /// [`BACKOFF_SLEEP`] between polls, so a long transfer leaves the CPUs to the bytes at up
     /// to that much added delay; the initiator yields, as with [`Polling::Yield`] (its polls
-    /// drive a transfer's progress). ferry's nixl backend works the same way: its progress
-    /// thread polls back to back while a transfer is in flight and backs off, to at most its
-    /// default `max_poll_interval` of 100 µs, while only passive operations wait.
+    /// drive a transfer's progress). ferry's nixl backend works the same way by default: a
+    /// passive operation's owner polls back to back for its `owner_spin` window, then its
+    /// progress thread backs off to at most `max_poll_interval` while only passive operations
+    /// wait.
     #[default]
     Backoff,
     /// Gives up the CPU (`sched_yield`) between polls on both sides. The poller stays
@@ -84,11 +85,14 @@ pub enum Polling {
     Spin,
 }
 
-/// How long a [`Polling::Backoff`] wait polls back to back before it starts sleeping.
-pub const BACKOFF_AFTER: Duration = Duration::from_micros(200);
+/// How long a [`Polling::Backoff`] wait polls back to back before it starts sleeping: as long
+/// as the owner of a ferry operation polls its own operation by default
+/// ([`ferry::nixl::NixlConfig::owner_spin`]), so that neither side's passive wait is handicapped.
+pub const BACKOFF_AFTER: Duration = Duration::from_millis(1);
 
 /// How long a [`Polling::Backoff`] wait sleeps between polls after [`BACKOFF_AFTER`]: the
-/// longest pause of ferry's progress thread by default.
+/// longest pause of ferry's progress thread by default
+/// ([`ferry::nixl::NixlConfig::max_poll_interval`]).
 pub const BACKOFF_SLEEP: Duration = Duration::from_micros(100);
 
 impl Polling {
@@ -513,6 +517,13 @@ impl Drop for RawWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_raw_target_backs_off_as_a_ferry_owner_and_its_thread_do() {
+        let ferry = ferry::nixl::NixlConfig::named("defaults");
+        assert_eq!(BACKOFF_AFTER, ferry.owner_spin);
+        assert_eq!(BACKOFF_SLEEP, ferry.max_poll_interval);
+    }
 
     #[test]
     fn pollings_by_key() {
