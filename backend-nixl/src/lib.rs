@@ -107,7 +107,7 @@ use std::time::{Duration, Instant};
 use ferry_core::spin::{Look, Spin};
 use ferry_core::state::Event;
 use ferry_core::{
-    BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed,
+    BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed, KeyPool,
     NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
 };
 use nixl_sys::{
@@ -255,18 +255,18 @@ fn settle_streams(local: &[Descriptor<'_>]) -> Result<(), Error> {
 }
 
 /// Random keys from the operating system, as Dynamo's `uuid4()` draws them.
+/// Keys from the operating system's generator, a page at a time ([`KeyPool`]).
 struct Entropy {
     source: std::fs::File,
+    pool: KeyPool,
 }
 
 impl Entropy {
     fn key(&mut self) -> NotificationKey {
-        let mut bytes = [0u8; 16];
+        let Entropy { source, pool } = self;
         // /dev/urandom does not fail once open; a short read would make keys guessable.
-        self.source
-            .read_exact(&mut bytes)
-            .expect("reading /dev/urandom");
-        NotificationKey::from_random_bytes(bytes)
+        pool.next(|page| source.read_exact(page))
+            .expect("reading /dev/urandom")
     }
 }
 
@@ -459,7 +459,10 @@ impl NixlBackend {
                 loaded: HashMap::new(),
                 agents: HashMap::new(),
             }),
-            entropy: Mutex::new(Entropy { source: entropy }),
+            entropy: Mutex::new(Entropy {
+                source: entropy,
+                pool: KeyPool::new(),
+            }),
             owner_spin: config.owner_spin,
             cuda_support,
         });

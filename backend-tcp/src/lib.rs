@@ -108,7 +108,7 @@ use std::time::Duration;
 
 use ferry_core::{
     Backend, BoxFuture, Capabilities, Descriptor, DeviceKind, EndpointBlob, Error, Exposed,
-    NotificationKey, OperationKind, Peer, Region, RegistrationId,
+    KeyPool, NotificationKey, OperationKind, Peer, Region, RegistrationId,
 };
 use tokio::net::TcpListener;
 
@@ -261,10 +261,10 @@ pub struct TcpStats {
     pub live_transfers: usize,
 }
 
-/// Reads keys from the operating system's generator, a page at a time.
+/// Keys from the operating system's generator, a page at a time ([`KeyPool`]).
 struct Entropy {
     source: std::fs::File,
-    pool: Vec<u8>,
+    pool: KeyPool,
 }
 
 impl Entropy {
@@ -276,24 +276,16 @@ impl Entropy {
             })?;
         Ok(Entropy {
             source,
-            pool: Vec::new(),
+            pool: KeyPool::new(),
         })
     }
 
-    fn next(&mut self) -> [u8; 16] {
-        if self.pool.len() < 16 {
-            let mut page = vec![0u8; 4096];
-            // /dev/urandom does not fail once open; should it, the process has bigger
-            // problems than a key, and a zero page would make keys guessable: refuse loudly.
-            self.source
-                .read_exact(&mut page)
-                .expect("reading /dev/urandom");
-            self.pool = page;
-        }
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&self.pool[self.pool.len() - 16..]);
-        self.pool.truncate(self.pool.len() - 16);
-        key
+    fn next(&mut self) -> NotificationKey {
+        let Entropy { source, pool } = self;
+        // /dev/urandom does not fail once open; should it, the process has bigger problems
+        // than a key, and a zero page would make keys guessable: refuse loudly.
+        pool.next(|page| source.read_exact(page))
+            .expect("reading /dev/urandom")
     }
 }
 
@@ -353,7 +345,8 @@ impl TcpBackend {
             .map_err(|e| unavailable(format!("no local address: {e}")))?;
         let advertised = config.advertise.unwrap_or(local_addr);
         let mut entropy = Entropy::open()?;
-        let instance = u128::from_le_bytes(entropy.next());
+        // 122 random bits, as in a key.
+        let instance = u128::from_le_bytes(*entropy.next().as_bytes());
         let endpoint = EndpointBlob::Tagged {
             backend: NAME.into(),
             version: BLOB_VERSION,
@@ -512,12 +505,10 @@ impl Backend for TcpBackend {
     }
 
     fn new_key(&self) -> NotificationKey {
-        let bytes = self
-            .entropy
+        self.entropy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .next();
-        NotificationKey::from_random_bytes(bytes)
+            .next()
     }
 
     fn register(&self, region: Region) -> Result<RegistrationId, Error> {

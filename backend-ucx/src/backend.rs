@@ -148,7 +148,7 @@ use std::time::{Duration, Instant};
 use ferry_core::spin::{Look, Spin};
 use ferry_core::state::Event;
 use ferry_core::{
-    BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed,
+    BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed, KeyPool,
     NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Settlement, Side,
     Transfer,
 };
@@ -307,7 +307,8 @@ struct Shared {
     peers: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     address: Vec<u8>,
     next: AtomicU64,
-    entropy: Mutex<std::fs::File>,
+    /// Keys from the operating system's generator, a page at a time ([`KeyPool`]).
+    entropy: Mutex<(std::fs::File, KeyPool)>,
     capabilities: Capabilities,
     /// Whether this backend moves CUDA device memory, or why not (see [`UcxBackend::cuda_support`]).
     cuda_support: Result<(), String>,
@@ -528,7 +529,7 @@ impl UcxBackend {
             peers,
             address,
             next: AtomicU64::new(1),
-            entropy: Mutex::new(entropy),
+            entropy: Mutex::new((entropy, KeyPool::new())),
             capabilities: Capabilities {
                 backend: NAME,
                 // The transport reaches the peer's memory from here: the same kinds.
@@ -593,12 +594,10 @@ impl ferry_core::Backend for UcxBackend {
     }
 
     fn new_key(&self) -> NotificationKey {
-        let mut bytes = [0u8; 16];
+        let (source, pool) = &mut *lock(&self.shared.entropy);
         // /dev/urandom does not fail once open; a short read would make keys guessable.
-        lock(&self.shared.entropy)
-            .read_exact(&mut bytes)
-            .expect("reading /dev/urandom");
-        NotificationKey::from_random_bytes(bytes)
+        pool.next(|page| source.read_exact(page))
+            .expect("reading /dev/urandom")
     }
 
     fn register(&self, region: Region) -> Result<RegistrationId, Error> {

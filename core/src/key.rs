@@ -39,12 +39,83 @@ impl NotificationKey {
 
     /// The completion notification: the key's text as bytes.
     pub fn completion_message(&self) -> Vec<u8> {
-        self.to_string().into_bytes()
+        self.text().to_vec()
     }
 
     /// The cancellation notification: the key's text followed by [`CANCEL_SUFFIX`].
     pub fn cancel_message(&self) -> Vec<u8> {
-        format!("{self}{CANCEL_SUFFIX}").into_bytes()
+        let mut message = Vec::with_capacity(TEXT_LEN + CANCEL_SUFFIX.len());
+        message.extend_from_slice(&self.text());
+        message.extend_from_slice(CANCEL_SUFFIX.as_bytes());
+        message
+    }
+
+    /// The hyphenated lowercase form, as ASCII bytes. Written by hand rather than through
+    /// `fmt`: an active operation sends it with every transfer, and sixteen `{:02x}` writes
+    /// cost more than the rest of building the notification.
+    fn text(&self) -> [u8; TEXT_LEN] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'-'; TEXT_LEN];
+        let mut at = 0;
+        for (i, byte) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                at += 1;
+            }
+            text[at] = HEX[usize::from(byte >> 4)];
+            text[at + 1] = HEX[usize::from(byte & 0x0f)];
+            at += 2;
+        }
+        text
+    }
+}
+
+/// The length of a key's text: 32 hex digits and 4 hyphens.
+const TEXT_LEN: usize = 36;
+
+/// Random bytes for keys, drawn from the operating system's generator a page at a time: one
+/// read per [`KeyPool::KEYS_PER_PAGE`] keys rather than one per passive operation, whose
+/// system call costs about as much as the rest of exposing memory. The core does no IO: the
+/// backend's `refill` does the reading.
+#[derive(Default)]
+pub struct KeyPool {
+    /// Unused random bytes; each key takes the last 16 and they leave the pool.
+    page: Vec<u8>,
+}
+
+impl KeyPool {
+    /// How many keys one page of random bytes makes.
+    pub const KEYS_PER_PAGE: usize = 256;
+
+    /// An empty pool: the first key refills it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next key. When the pool is empty, `refill` must fill a fresh page with random
+    /// bytes first; its error is returned and the pool stays empty.
+    pub fn next<E>(
+        &mut self,
+        refill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<NotificationKey, E> {
+        if self.page.len() < 16 {
+            let mut page = vec![0u8; 16 * Self::KEYS_PER_PAGE];
+            refill(&mut page)?;
+            self.page = page;
+        }
+        let at = self.page.len() - 16;
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&self.page[at..]);
+        self.page.truncate(at);
+        Ok(NotificationKey::from_random_bytes(bytes))
+    }
+}
+
+impl fmt::Debug for KeyPool {
+    /// How many keys are left, never the bytes: they are keys not yet handed out.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPool")
+            .field("keys_left", &(self.page.len() / 16))
+            .finish()
     }
 }
 
@@ -71,13 +142,9 @@ impl Notification {
 
 impl fmt::Display for NotificationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        let text = self.text();
+        // Always ASCII; the error arm cannot be taken.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -130,6 +197,64 @@ mod tests {
         let text = key.to_string();
         assert_eq!(text, "ffffffff-ffff-4fff-bfff-ffffffffffff");
         assert_eq!(text.parse::<NotificationKey>(), Ok(key));
+    }
+
+    #[test]
+    fn the_text_is_the_hyphenated_hex_of_every_byte() {
+        let bytes: [u8; 16] = std::array::from_fn(|i| (i as u8) * 17);
+        let key = NotificationKey::from_random_bytes(bytes);
+        let expected = {
+            let b = key.as_bytes();
+            let hex = |r: std::ops::Range<usize>| {
+                b[r].iter().map(|x| format!("{x:02x}")).collect::<String>()
+            };
+            format!(
+                "{}-{}-{}-{}-{}",
+                hex(0..4),
+                hex(4..6),
+                hex(6..8),
+                hex(8..10),
+                hex(10..16)
+            )
+        };
+        assert_eq!(key.to_string(), expected);
+        assert_eq!(key.completion_message(), expected.as_bytes());
+        assert_eq!(
+            key.cancel_message(),
+            format!("{expected}{CANCEL_SUFFIX}").into_bytes()
+        );
+    }
+
+    #[test]
+    fn a_pool_reads_one_page_per_keys_per_page_keys() {
+        let mut pool = KeyPool::new();
+        let mut pages = 0u8;
+        let mut keys = std::collections::HashSet::new();
+        for _ in 0..KeyPool::KEYS_PER_PAGE * 2 + 1 {
+            let key = pool
+                .next(|page| {
+                    pages += 1;
+                    // Distinct bytes per key of every page, so a reused slice would show.
+                    for (i, chunk) in page.chunks_mut(16).enumerate() {
+                        chunk.fill(0);
+                        chunk[..2].copy_from_slice(&(i as u16).to_le_bytes());
+                        chunk[2] = pages;
+                    }
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            assert!(keys.insert(key), "a key was handed out twice");
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(format!("{pool:?}"), "KeyPool { keys_left: 255 }");
+    }
+
+    #[test]
+    fn a_failed_refill_leaves_the_pool_empty() {
+        let mut pool = KeyPool::new();
+        assert_eq!(pool.next(|_| Err("no entropy")), Err("no entropy"));
+        assert_eq!(format!("{pool:?}"), "KeyPool { keys_left: 0 }");
+        assert!(pool.next(|_| Ok::<(), ()>(())).is_ok());
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub use backend::{Backend, BoxFuture, Capabilities, Exposed, Peer, RegistrationI
 pub use descriptor::{Descriptor, Region};
 pub use device::{Device, DeviceKind};
 pub use error::{Error, Side};
-pub use key::{Notification, NotificationKey, CANCEL_SUFFIX};
+pub use key::{KeyPool, Notification, NotificationKey, CANCEL_SUFFIX};
 pub use keys::KeyTable;
 pub use metadata::{
     EndpointBlob, RdmaMetadata, RemoteDescriptor, MAX_DESCRIPTORS, MAX_METADATA_JSON,
