@@ -36,12 +36,16 @@
 //! is written until both sides know the read finished, so it includes the two pipe hops that
 //! carry the request and the metadata, as any pair of workers needs some channel for them.
 //!
-//! **Three paths** per size and direction ([`Path`]): the raw loop; ferry as a Dynamo worker
-//! uses it (each operation registers its memory and the passive side's metadata names the new
-//! registration, so the active side loads new agent metadata every time); and ferry with a
-//! registration cache on both Connectors (memory registered once, like the raw loop, so the
-//! metadata stays the same and is loaded once). They run in alternating rounds
-//! ([`Bench::measure`]), so that a noisy neighbour slows all three alike.
+//! **Four paths** per size and direction ([`Path`]): the raw loop, its memory registered
+//! once; the raw loop registering per operation (the initiator around each request, the
+//! target before it arms and until it is notified, its metadata sent with each operation and
+//! loaded when it changed), to show what that costs NIXL itself; ferry as a Dynamo worker uses
+//! it (each operation registers its memory, and the passive side's metadata names the new
+//! registration: loaded again whenever it differs, which on this host's transports it did
+//! not); and ferry with a registration cache on both Connectors (memory registered once, like
+//! the raw loop). Both ferry paths are judged against the raw loop registering once. They run
+//! in alternating rounds ([`Bench::measure`]), so that a noisy neighbour slows all of them
+//! alike.
 //!
 //! **Same source bytes.** By default ([`Sources::Shared`]) ferry's timed operations send from
 //! the raw loop's registered buffers (a read pulls the peer's raw buffer, a write sends this
@@ -76,6 +80,7 @@ use crate::peer::{
 };
 use crate::stats::{IterationPlan, Summary};
 use crate::{checksum, operation_limit, Result};
+use nixl_sys::SystemStorage;
 use raw::{Polling, RawAgent, RawBuffer, RawWorker, Span};
 
 /// Seed of the pattern a peer's ferry readable holds ([`ferry::demo::pattern`]).
@@ -103,6 +108,9 @@ const REPLY_LIMIT: Duration = Duration::from_secs(60);
 pub enum Path {
     /// nixl-sys directly: buffers registered once, one request per operation ([`raw`]).
     Raw,
+    /// nixl-sys directly, the initiator's memory registered per operation (the target's
+    /// stays registered: its registration is not in the timed operation on either path).
+    RawPerOp,
     /// ferry's Connector on the nixl backend, as Dynamo's workers use theirs: memory
     /// registered per operation.
     Ferry,
@@ -112,12 +120,14 @@ pub enum Path {
 
 impl Path {
     /// Every path, in the order the table lists them.
-    pub const ALL: [Path; 3] = [Path::Raw, Path::Ferry, Path::FerryCached];
+    pub const ALL: [Path; 4] = [Path::Raw, Path::RawPerOp, Path::Ferry, Path::FerryCached];
 
-    /// The short name, as on the command line and in JSON: `raw`, `ferry`, `ferry-cached`.
+    /// The short name, as on the command line and in JSON: `raw`, `raw-per-op`, `ferry`,
+    /// `ferry-cached`.
     pub fn key(self) -> &'static str {
         match self {
             Path::Raw => "raw",
+            Path::RawPerOp => "raw-per-op",
             Path::Ferry => "ferry",
             Path::FerryCached => "ferry-cached",
         }
@@ -127,9 +137,15 @@ impl Path {
     pub fn describe(self) -> &'static str {
         match self {
             Path::Raw => "raw nixl-sys",
+            Path::RawPerOp => "raw nixl-sys, registered per operation",
             Path::Ferry => "ferry",
             Path::FerryCached => "ferry, cached registrations",
         }
+    }
+
+    /// Whether nixl-sys moves the bytes with no ferry code in the path.
+    pub fn is_raw(self) -> bool {
+        matches!(self, Path::Raw | Path::RawPerOp)
     }
 
     /// The path named `key` ([`Path::key`]).
@@ -195,6 +211,8 @@ struct PeerSide {
     cached_made: u64,
     buffer: PeerBuffer,
     raw_buffer: Option<RawBuffer>,
+    /// The raw target's buffer for [`Path::RawPerOp`], registered per operation.
+    raw_per_op: Option<SystemStorage>,
     polling: Polling,
 }
 
@@ -227,6 +245,7 @@ pub async fn run_peer(polling: Polling) -> Result<()> {
         cached_made: 0,
         buffer: PeerBuffer::default(),
         raw_buffer: None,
+        raw_per_op: None,
         polling,
     };
     io.send(&json!({"ready": true, "pid": pid})).await?;
@@ -256,17 +275,20 @@ pub async fn run_peer(polling: Polling) -> Result<()> {
             }
             ("raw-expose", _, Some(size)) => {
                 let fill = command["fill"].as_u64().and_then(|b| u8::try_from(b).ok());
-                let reply = raw_expose(&mut side, size, fill)
+                let per_op = command["per_op"].as_bool().unwrap_or(false);
+                let reply = raw_expose(&mut side, size, fill, per_op)
                     .unwrap_or_else(|e| json!({"error": e.to_string()}));
                 io.send(&reply).await?;
             }
             ("raw-await", _, _) => {
                 let message = command["message"].as_str().unwrap_or_default().to_owned();
-                serve_raw(&side, &mut io, message.as_bytes(), verify).await?;
+                let per_op = command["per_op"].as_bool().unwrap_or(false);
+                serve_raw(&side, &mut io, message.as_bytes(), verify, per_op).await?;
             }
             ("row-end", _, _) => {
                 side.cached = None;
                 side.raw_buffer = None;
+                side.raw_per_op = None;
                 io.send(&json!({"ended": true})).await?;
             }
             _ => {
@@ -278,6 +300,7 @@ pub async fn run_peer(polling: Polling) -> Result<()> {
     // Operations and registrations go before the agents that hold them.
     side.cached = None;
     side.raw_buffer = None;
+    side.raw_per_op = None;
     side.buffer.release();
     Ok(())
 }
@@ -374,47 +397,79 @@ where
 
 /// Registers a fresh raw buffer of `size` bytes (filled with `fill`, if given) in place of
 /// the last one, and answers with what an initiator needs: the agent's name and metadata, and
-/// where the buffer is.
-fn raw_expose(side: &mut PeerSide, size: usize, fill: Option<u8>) -> Result<Value> {
-    side.raw_buffer = None; // deregister and free the old one first
+/// where the buffer is. With `per_op`, also a second buffer alike for [`Path::RawPerOp`],
+/// registered only while an operation uses it (`per_op_addr`).
+fn raw_expose(side: &mut PeerSide, size: usize, fill: Option<u8>, per_op: bool) -> Result<Value> {
+    // Deregister and free the old ones first.
+    side.raw_buffer = None;
+    side.raw_per_op = None;
     let buffer = side.raw.filled_buffer(size, fill.unwrap_or(0))?;
     let metadata = side.raw.metadata()?;
-    let reply = json!({
+    let mut reply = json!({
         "agent": side.raw.name(),
         "metadata": base64::engine::general_purpose::STANDARD.encode(metadata),
         "addr": buffer.addr(),
         "len": buffer.len(),
     });
     side.raw_buffer = Some(buffer);
+    if per_op {
+        let storage = raw::unregistered(size, fill.unwrap_or(0))?;
+        reply["per_op_addr"] = json!(storage.as_slice().as_ptr() as usize);
+        side.raw_per_op = Some(storage);
+    }
     Ok(reply)
 }
 
 /// Says it is armed, polls the raw agent until `message` arrives, and prints the instant it
-/// did (with a checksum of the raw buffer when asked to verify).
+/// did (with a checksum of the raw buffer when asked to verify). With `per_op`, on the buffer
+/// of [`Path::RawPerOp`], as a target registering per operation does: it registers the buffer
+/// first and arms with its agent's metadata (which names the new registration), and
+/// deregisters before it takes the instant, as a ferry passive operation ends once its memory
+/// is deregistered.
 async fn serve_raw<R, W>(
     side: &PeerSide,
     io: &mut JsonLines<R, W>,
     message: &[u8],
     verify: bool,
+    per_op: bool,
 ) -> Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let Some(buffer) = &side.raw_buffer else {
-        return io
-            .send(&json!({"done": false, "error": "raw-await before raw-expose"}))
-            .await;
+    let not_exposed = json!({"done": false, "error": "raw-await before raw-expose"});
+    let mut armed = json!({"armed": true});
+    let (bytes, registration) = match (per_op, &side.raw_per_op, &side.raw_buffer) {
+        (true, Some(storage), _) => {
+            let registered = side
+                .raw
+                .register(storage)
+                .and_then(|registration| Ok((registration, side.raw.metadata()?)));
+            match registered {
+                Ok((registration, metadata)) => {
+                    let metadata = base64::engine::general_purpose::STANDARD.encode(metadata);
+                    armed["metadata"] = json!(metadata);
+                    (storage.as_slice(), Some(registration))
+                }
+                Err(e) => {
+                    let refused = json!({"armed": false, "error": e.to_string()});
+                    return io.send(&refused).await;
+                }
+            }
+        }
+        (false, _, Some(buffer)) => (buffer.bytes(), None),
+        _ => return io.send(&not_exposed).await,
     };
-    io.send(&json!({"armed": true})).await?;
+    io.send(&armed).await?;
     // Polls on this task's thread ([`Polling`]), as a program driving NIXL by hand would.
     let outcome = side
         .raw
-        .await_notification(message, operation_limit(buffer.len()), side.polling);
+        .await_notification(message, operation_limit(bytes.len()), side.polling);
+    drop(registration);
     let at = unix_nanos();
     let reply = match outcome {
         Ok(()) if verify => {
-            json!({"done": true, "at_ns": at, "checksum": checksum(buffer.bytes())})
+            json!({"done": true, "at_ns": at, "checksum": checksum(bytes)})
         }
         Ok(()) => json!({"done": true, "at_ns": at}),
         Err(e) => json!({"done": false, "error": e.to_string()}),
@@ -585,8 +640,15 @@ impl Bench {
             Direction::Write => ferry::demo::pattern(size, WRITE_SEED),
         };
         let mut raw = None;
-        if paths.contains(&Path::Raw) || sources == Sources::Shared {
-            let row = RawRow::open(&self.raw, &mut self.peer, size, direction, self.polling);
+        if paths.iter().any(|p| p.is_raw()) || sources == Sources::Shared {
+            let per_op = paths.contains(&Path::RawPerOp);
+            let row = RawRow::open(
+                &self.raw,
+                &mut self.peer,
+                (size, direction),
+                self.polling,
+                per_op,
+            );
             raw = Some(row.await?);
         }
         let mut cached = None;
@@ -602,6 +664,10 @@ impl Bench {
                 (Path::Raw, Some(raw), _) => {
                     let message = self.next_message();
                     raw.warm_up(&mut self.peer, &message).await?
+                }
+                (Path::RawPerOp, Some(raw), _) => {
+                    let message = self.next_message();
+                    raw.warm_up_per_op(&mut self.peer, &message).await?
                 }
                 (Path::Ferry, _, _) => {
                     warm_up_ferry(&self.ferry, &mut self.peer, direction, &mut buffer, false)
@@ -623,9 +689,13 @@ impl Bench {
                 let (path, gathered, _) = &mut samples[(turn + round - 1) % count];
                 while due.wants_more(gathered.both.len(), gathered.spent) {
                     let timing = match (*path, &raw, &cached) {
-                        (Path::Raw, Some(raw), _) => {
+                        (Path::Raw | Path::RawPerOp, Some(raw), _) => {
                             let message = self.next_message();
-                            raw.operation(&mut self.peer, &message, false).await?.0
+                            let ask = RawAsk {
+                                per_op: *path == Path::RawPerOp,
+                                ..RawAsk::default()
+                            };
+                            raw.operation(&mut self.peer, &message, ask).await?.timing
                         }
                         (Path::Ferry | Path::FerryCached, _, _) => {
                             let connector = match (*path, &cached) {
@@ -791,28 +861,52 @@ async fn ferry_operation(
     Ok((Timing::of(start, active, &done)?, done))
 }
 
-/// The raw path of one size and direction: this side's registered buffer, and the worker
-/// thread that transfers between it and the peer's.
+/// The raw paths of one size and direction: this side's registered buffer and the worker
+/// that transfers between it and the peer's; with [`Path::RawPerOp`], a second worker whose
+/// own buffer it registers per operation.
 struct RawRow {
     local: RawBuffer,
     worker: RawWorker,
+    per_op: Option<RawWorker>,
+    size: usize,
     direction: Direction,
+}
+
+/// What a raw operation asks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RawAsk {
+    /// The peer reports a checksum of its buffer.
+    verify: bool,
+    /// On the worker that registers its memory per operation.
+    per_op: bool,
+    /// That worker's memory is filled with this first, untimed.
+    fill: Option<u8>,
+}
+
+/// A raw operation's times, the peer's done line, and the per-operation worker's checksum of
+/// its memory.
+struct RawDone {
+    timing: Timing,
+    done: Value,
+    checksum: Option<u64>,
 }
 
 impl RawRow {
     /// Has the peer register a raw buffer (holding [`RAW_READ_FILL`] for reads), loads its
     /// agent's metadata, registers this side's buffer (holding [`RAW_WRITE_FILL`] for
-    /// writes), and starts the worker with both descriptor lists built.
+    /// writes), and starts the worker with both descriptor lists built. With `per_op`, the
+    /// peer also makes the buffer of [`Path::RawPerOp`], and a second worker here transfers
+    /// between it and a buffer of its own, both registered per operation.
     async fn open(
         agent: &RawAgent,
         peer: &mut PeerProcess,
-        size: usize,
-        direction: Direction,
+        (size, direction): (usize, Direction),
         polling: Polling,
+        per_op: bool,
     ) -> Result<RawRow> {
         let fill = (direction == Direction::Read).then_some(RAW_READ_FILL);
         peer.io
-            .send(&json!({"op": "raw-expose", "size": size, "fill": fill}))
+            .send(&json!({"op": "raw-expose", "size": size, "fill": fill, "per_op": per_op}))
             .await?;
         let reply = peer.io.recv(REPLY_LIMIT + operation_limit(size)).await?;
         if let Some(e) = error_of(&reply) {
@@ -822,32 +916,42 @@ impl RawRow {
             .as_str()
             .and_then(|m| base64::engine::general_purpose::STANDARD.decode(m).ok())
             .ok_or_else(|| format!("no agent metadata in {reply}"))?;
-        let remote_addr = reply["addr"]
-            .as_u64()
-            .and_then(|a| usize::try_from(a).ok())
-            .ok_or_else(|| format!("no buffer address in {reply}"))?;
+        let address = |key: &str| {
+            reply[key]
+                .as_u64()
+                .and_then(|a| usize::try_from(a).ok())
+                .ok_or_else(|| format!("no {key} in {reply}"))
+        };
+        let remote_addr = address("addr")?;
         if reply["len"].as_u64() != Some(size as u64) {
             return Err(format!("the peer's raw buffer is not {size} bytes: {reply}").into());
         }
         let remote_agent = agent.load_remote(&metadata)?;
-        let fill = match direction {
-            Direction::Read => 0,
-            Direction::Write => RAW_WRITE_FILL,
-        };
-        let local = agent.filled_buffer(size, fill)?;
-        let op = match direction {
-            Direction::Read => XferOp::Read,
-            Direction::Write => XferOp::Write,
-        };
+        let local = agent.filled_buffer(size, local_fill(direction))?;
         let span = Span {
             local: (local.addr(), local.len()),
             remote_agent,
             remote: (remote_addr, size),
         };
-        let worker = RawWorker::start(agent, op, span, polling)?;
+        let op = xfer_op(direction);
+        let worker = RawWorker::start(agent, op, span.clone(), raw::Local::Registered, polling)?;
+        let per_op = match per_op {
+            true => {
+                let (own, at) = raw::Local::per_operation(size, local_fill(direction))?;
+                let span = Span {
+                    local: at,
+                    remote: (address("per_op_addr")?, size),
+                    ..span
+                };
+                Some(RawWorker::start(agent, op, span, own, polling)?)
+            }
+            false => None,
+        };
         Ok(RawRow {
             local,
             worker,
+            per_op,
+            size,
             direction,
         })
     }
@@ -858,43 +962,100 @@ impl RawRow {
         if self.direction == Direction::Read {
             self.local.fill(0);
         }
-        let (_, done) = self.operation(peer, message, true).await?;
+        let ask = RawAsk {
+            verify: true,
+            ..RawAsk::default()
+        };
+        let RawDone { done, .. } = self.operation(peer, message, ask).await?;
         Ok(match self.direction {
             Direction::Read => self.local.bytes().iter().all(|&b| b == RAW_READ_FILL),
             Direction::Write => done["checksum"].as_u64() == Some(checksum(self.local.bytes())),
         })
     }
 
+    /// The same warm-up on the per-operation worker, whose memory only its thread touches: it
+    /// zeroes it first for a read, and reports its checksum after.
+    async fn warm_up_per_op(&mut self, peer: &mut PeerProcess, message: &str) -> Result<bool> {
+        let read = self.direction == Direction::Read;
+        let ask = RawAsk {
+            verify: true,
+            per_op: true,
+            fill: read.then_some(0),
+        };
+        let RawDone {
+            done,
+            checksum: ours,
+            ..
+        } = self.operation(peer, message, ask).await?;
+        let expected = match self.direction {
+            Direction::Read => Some(checksum(&vec![RAW_READ_FILL; self.size])),
+            Direction::Write => done["checksum"].as_u64(),
+        };
+        Ok(ours.is_some() && ours == expected)
+    }
+
     /// One raw operation: arms the peer (it starts polling for `message`), has the worker
-    /// create, post and poll the request, and reads the peer's done line.
+    /// `ask` names create, post and poll the request, and reads the peer's done line.
     async fn operation(
         &self,
         peer: &mut PeerProcess,
         message: &str,
-        verify: bool,
-    ) -> Result<(Timing, Value)> {
-        let limit = operation_limit(self.local.len());
-        peer.io
-            .send(&json!({"op": "raw-await", "message": message, "verify": verify}))
-            .await?;
+        ask: RawAsk,
+    ) -> Result<RawDone> {
+        let size = self.size;
+        let limit = operation_limit(size);
+        let worker = match (ask.per_op, &self.per_op) {
+            (false, _) => &self.worker,
+            (true, Some(worker)) => worker,
+            (true, None) => return Err("the per-operation raw worker was not started".into()),
+        };
+        let command = json!({
+            "op": "raw-await",
+            "message": message,
+            "verify": ask.verify,
+            "per_op": ask.per_op,
+        });
+        peer.io.send(&command).await?;
         let armed = peer.io.recv(REPLY_LIMIT).await?;
         if armed["armed"] != Value::Bool(true) {
             let why = error_of(&armed).unwrap_or_else(|| armed.to_string());
             return Err(format!("the peer did not arm: {why}").into());
         }
-        let timed = self
-            .worker
-            .transfer(message.as_bytes(), limit)
+        let target = match ask.per_op {
+            true => Some(
+                armed["metadata"]
+                    .as_str()
+                    .and_then(|m| base64::engine::general_purpose::STANDARD.decode(m).ok())
+                    .ok_or_else(|| format!("no agent metadata in {armed}"))?,
+            ),
+            false => None,
+        };
+        let timed = worker
+            .transfer(message.as_bytes(), target, limit, ask.fill)
             .await
-            .map_err(|e| {
-                format!(
-                    "raw {} of {} bytes failed: {e}",
-                    self.direction.name(),
-                    self.local.len()
-                )
-            })?;
+            .map_err(|e| format!("raw {} of {size} bytes failed: {e}", self.direction.name()))?;
         let done = peer.recv_done("raw target", limit).await?;
-        Ok((Timing::of(timed.start_ns, timed.active, &done)?, done))
+        Ok(RawDone {
+            timing: Timing::of(timed.start_ns, timed.active, &done)?,
+            done,
+            checksum: timed.checksum,
+        })
+    }
+}
+
+/// What this side's raw buffer holds before an operation: zeroes to read into, or
+/// [`RAW_WRITE_FILL`] to write.
+fn local_fill(direction: Direction) -> u8 {
+    match direction {
+        Direction::Read => 0,
+        Direction::Write => RAW_WRITE_FILL,
+    }
+}
+
+fn xfer_op(direction: Direction) -> XferOp {
+    match direction {
+        Direction::Read => XferOp::Read,
+        Direction::Write => XferOp::Write,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The nixl benchmark end to end, tiny: two processes, the raw loop and both ferry paths, the
+//! The nixl benchmark end to end, tiny: two processes, both raw loops and both ferry paths, the
 //! cycle (and Dynamo's, where its venv is), the table and the JSON. Prints
 //! `skipped: <reason>` where NIXL cannot be loaded (scripts/install-nixl.sh installs it).
 
@@ -37,6 +37,7 @@ fn tiny_run_prints_table_and_json() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     for row in [
         "| 4 KiB | read | raw nixl-sys | 2 |",
+        "| 4 KiB | read | raw nixl-sys, registered per operation | 2 |",
         "| 4 KiB | read | ferry | 2 |",
         "| 4 KiB | write | ferry, cached registrations | 2 |",
         "| 1 MiB | write | raw nixl-sys | 2 |",
@@ -61,16 +62,19 @@ fn tiny_run_prints_table_and_json() {
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = figures["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 16);
     assert!(rows.iter().all(|r| r["verified"] == true));
     let paths: Vec<&str> = rows.iter().filter_map(|r| r["path"].as_str()).collect();
-    assert_eq!(&paths[..3], ["raw", "ferry", "ferry-cached"]);
+    assert_eq!(&paths[..4], ["raw", "raw-per-op", "ferry", "ferry-cached"]);
     for row in rows.iter().filter(|r| r["path"] != "raw") {
         assert!(row["throughput_vs_raw"].as_f64().is_some(), "{row}");
         assert!(row["added_us_vs_raw_p50"].as_f64().is_some(), "{row}");
         let active = row["active_side"]["p50_us"].as_f64().unwrap();
         let both = row["both_sides"]["p50_us"].as_f64().unwrap();
         assert!(active > 0.0 && both > 0.0, "{row}");
+        // ferry's default path also sits beside the raw loop registering per operation.
+        let per_op = row["added_us_vs_raw_per_op_p50"].as_f64();
+        assert_eq!(per_op.is_some(), row["path"] == "ferry", "{row}");
     }
     assert_eq!(figures["cycle"]["verified"], true);
     assert_eq!(figures["cycle"]["both_sides"]["iterations"], 2);

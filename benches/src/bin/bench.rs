@@ -559,11 +559,7 @@ async fn across_nixl(
             for m in measured {
                 rows.push(AcrossRow {
                     backend: "nixl",
-                    path: match m.path {
-                        Path::Raw => "raw nixl-sys",
-                        Path::Ferry => "ferry",
-                        Path::FerryCached => "ferry, cached registrations",
-                    },
+                    path: m.path.describe(),
                     direction,
                     size,
                     descriptors: 1,

@@ -9,7 +9,12 @@
 //! `create_xfer_req` (READ or WRITE, with a notification message), `post_xfer_req`, and
 //! `get_xfer_status` polled until done ([`RawInitiator::transfer`]), while the target polls
 //! `get_notifications` until that message arrives ([`RawAgent::await_notification`]). Both
-//! sides then know the transfer finished, which is what ferry's operations give. How each side
+//! sides then know the transfer finished, which is what ferry's operations give.
+//!
+//! The same loop with the initiator's memory registered per operation ([`Local::PerOperation`]:
+//! `register_memory` before `create_xfer_req`, the registration dropped after the request,
+//! both in the timed operation) is the baseline of ferry's default path, which registers an
+//! active operation's memory per operation as Dynamo does. How each side
 //! polls is a [`Polling`]; by default the target backs off as ferry's passive side does, so a
 //! waiting target does not take a CPU from the transfer on a small machine.
 //!
@@ -25,7 +30,7 @@ use crate::clock::unix_nanos;
 
 use nixl_sys::{
     Agent, AgentConfig, MemType, NixlError, NixlRegistration, NotificationMap, OptArgs,
-    SystemStorage, XferDescList, XferOp, XferStatus,
+    RegistrationHandle, SystemStorage, XferDescList, XferOp, XferStatus,
 };
 
 /// Why a raw NIXL step failed.
@@ -195,6 +200,14 @@ impl RawAgent {
         Ok(RawBuffer { storage })
     }
 
+    /// Registers `storage` with this agent until the handle is dropped (the storage itself
+    /// holds no registration: see [`Local::per_operation`]).
+    pub fn register(&self, storage: &SystemStorage) -> Result<RegistrationHandle, RawError> {
+        self.agent
+            .register_memory(storage, None)
+            .map_err(nixl("register_memory"))
+    }
+
     /// This agent's metadata (it names every buffer registered now), for the initiator.
     pub fn metadata(&self) -> Result<Vec<u8>, RawError> {
         self.agent.get_local_md().map_err(nixl("get_local_md"))
@@ -229,6 +242,8 @@ impl RawAgent {
             local: local_list,
             remote: remote_list,
             remote_agent,
+            per_operation: None,
+            loaded: Vec::new(),
         })
     }
 
@@ -332,6 +347,10 @@ pub struct RawInitiator {
     local: XferDescList<'static>,
     remote: XferDescList<'static>,
     remote_agent: String,
+    /// The local memory when it is registered per operation.
+    per_operation: Option<SystemStorage>,
+    /// The target's metadata loaded last, when it is sent per operation.
+    loaded: Vec<u8>,
 }
 
 impl fmt::Debug for RawInitiator {
@@ -346,13 +365,32 @@ impl fmt::Debug for RawInitiator {
 impl RawInitiator {
     /// One transfer: creates the request with `message` as its notification, posts it, and
     /// polls its status back to back (pausing as `polling` says) until it is done, for at most
-    /// `limit`. The request is released before this returns.
+    /// `limit`. The request is released before this returns; so is the local memory's
+    /// registration when it is registered per operation (made first, released last).
     pub fn transfer(
-        &self,
+        &mut self,
         message: &[u8],
+        target: Option<&[u8]>,
         limit: Duration,
         polling: Polling,
     ) -> Result<(), RawError> {
+        // A target registering per operation sends its metadata with each: loaded when it
+        // differs from the last, as ferry loads a blob it does not hold.
+        if let Some(metadata) = target.filter(|m| *m != self.loaded.as_slice()) {
+            self.agent
+                .load_remote_md(metadata)
+                .map_err(nixl("load_remote_md"))?;
+            self.loaded = metadata.to_vec();
+        }
+        // Declared before the request, so dropped after it.
+        let _registration = match &self.per_operation {
+            Some(storage) => Some(
+                self.agent
+                    .register_memory(storage, None)
+                    .map_err(nixl("register_memory"))?,
+            ),
+            None => None,
+        };
         let mut args = OptArgs::new().map_err(nixl("OptArgs::new"))?;
         args.set_notification_message(message)
             .map_err(nixl("set_notification_message"))?;
@@ -388,7 +426,11 @@ impl RawInitiator {
 /// What a [`RawWorker`] is asked to do: one transfer.
 struct Job {
     message: Vec<u8>,
+    /// The target's metadata, when it registers per operation.
+    target: Option<Vec<u8>>,
     limit: Duration,
+    /// Fill the worker's own local memory with this first, untimed ([`Local::PerOperation`]).
+    fill: Option<u8>,
     reply: tokio::sync::oneshot::Sender<Result<Timed, RawError>>,
 }
 
@@ -400,6 +442,35 @@ pub struct Timed {
     pub start_ns: u64,
     /// From then until `get_xfer_status` said `Success`.
     pub active: Duration,
+    /// A checksum ([`crate::checksum`]) of the worker's own local memory after the transfer,
+    /// untimed ([`Local::PerOperation`] only).
+    pub checksum: Option<u64>,
+}
+
+/// The local memory of a [`RawWorker`].
+#[derive(Debug)]
+pub enum Local {
+    /// Registered once by the caller, which keeps it: the span names it.
+    Registered,
+    /// The worker's own, registered per operation; the span's local part must name it.
+    PerOperation(SystemStorage),
+}
+
+impl Local {
+    /// A [`Local::PerOperation`] buffer of `size` bytes, every one `value`, and where it is
+    /// (address, length) for the span.
+    pub fn per_operation(size: usize, value: u8) -> Result<(Local, (usize, usize)), RawError> {
+        let storage = unregistered(size, value)?;
+        let at = (storage.as_slice().as_ptr() as usize, size);
+        Ok((Local::PerOperation(storage), at))
+    }
+}
+
+/// `size` bytes, every one `value`, registered with no agent.
+pub fn unregistered(size: usize, value: u8) -> Result<SystemStorage, RawError> {
+    let mut storage = SystemStorage::new(size).map_err(nixl("SystemStorage::new"))?;
+    storage.memset(value);
+    Ok(storage)
 }
 
 /// A thread that owns a [`RawInitiator`] and runs its transfers one at a time, for async
@@ -424,12 +495,13 @@ pub struct Span {
 }
 
 impl RawWorker {
-    /// Starts a thread with an initiator of `op` on `agent` over `span`, polling as
-    /// `polling` says.
+    /// Starts a thread with an initiator of `op` on `agent` over `span` and `local` memory,
+    /// polling as `polling` says.
     pub fn start(
         agent: &RawAgent,
         op: XferOp,
         span: Span,
+        local: Local,
         polling: Polling,
     ) -> Result<RawWorker, RawError> {
         let agent = RawAgent {
@@ -446,13 +518,19 @@ impl RawWorker {
                     list.add_desc(addr, len, 0);
                     Ok::<_, RawError>(list)
                 };
-                let initiator = match (list(span.local), list(span.remote)) {
+                let per_operation = match local {
+                    Local::Registered => None,
+                    Local::PerOperation(storage) => Some(storage),
+                };
+                let mut initiator = match (list(span.local), list(span.remote)) {
                     (Ok(local), Ok(remote)) => RawInitiator {
                         agent: agent.agent,
                         op,
                         local,
                         remote,
                         remote_agent: span.remote_agent,
+                        per_operation,
+                        loaded: Vec::new(),
                     },
                     (Err(e), _) | (_, Err(e)) => {
                         let _ = ready_tx.send(Err(e));
@@ -461,12 +539,26 @@ impl RawWorker {
                 };
                 let _ = ready_tx.send(Ok(()));
                 while let Ok(job) = inbox.recv() {
+                    if let (Some(storage), Some(value)) =
+                        (initiator.per_operation.as_mut(), job.fill)
+                    {
+                        storage.memset(value);
+                    }
                     let start_ns = unix_nanos();
                     let t0 = Instant::now();
-                    let outcome =
-                        initiator.transfer(&job.message, job.limit, polling.for_initiator());
+                    let target = job.target.as_deref();
+                    let polling = polling.for_initiator();
+                    let outcome = initiator.transfer(&job.message, target, job.limit, polling);
                     let active = t0.elapsed();
-                    let _ = job.reply.send(outcome.map(|()| Timed { start_ns, active }));
+                    let checksum = initiator
+                        .per_operation
+                        .as_ref()
+                        .map(|storage| crate::checksum(storage.as_slice()));
+                    let _ = job.reply.send(outcome.map(|()| Timed {
+                        start_ns,
+                        active,
+                        checksum,
+                    }));
                 }
             })
             .map_err(|e| RawError::Unavailable(format!("starting a raw worker thread: {e}")))?;
@@ -487,8 +579,18 @@ impl RawWorker {
     }
 
     /// Runs one transfer with `message` as its notification on the worker's thread and
-    /// returns when it is done, for at most `limit` (the thread enforces it).
-    pub async fn transfer(&self, message: &[u8], limit: Duration) -> Result<Timed, RawError> {
+    /// returns when it is done, for at most `limit` (the thread enforces it). `target` is
+    /// the target's agent metadata when it registered its buffer for this operation, loaded
+    /// in the timed operation when it changed (as ferry's would be). `fill` sets
+    /// every byte of the worker's own local memory first, untimed ([`Local::PerOperation`];
+    /// ignored otherwise).
+    pub async fn transfer(
+        &self,
+        message: &[u8],
+        target: Option<Vec<u8>>,
+        limit: Duration,
+        fill: Option<u8>,
+    ) -> Result<Timed, RawError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let gone = || RawError::Unavailable("the raw worker thread has ended".into());
         self.jobs
@@ -496,7 +598,9 @@ impl RawWorker {
             .ok_or_else(gone)?
             .send(Job {
                 message: message.to_vec(),
+                target,
                 limit,
+                fill,
                 reply,
             })
             .map_err(|_| gone())?;
@@ -590,7 +694,7 @@ mod tests {
         let name = initiator.load_remote(&target.metadata().unwrap()).unwrap();
         assert_eq!(name, target.name());
         let limit = Duration::from_secs(10);
-        let read = initiator
+        let mut read = initiator
             .initiator(
                 XferOp::Read,
                 &local,
@@ -603,20 +707,78 @@ mod tests {
         // posts and polls, this one awaits the notification.
         std::thread::scope(|s| {
             let waiter = s.spawn(|| target.await_notification(b"read-1", limit, Polling::Yield));
-            read.transfer(b"read-1", limit, Polling::Yield).unwrap();
+            read.transfer(b"read-1", None, limit, Polling::Yield)
+                .unwrap();
             waiter.join().unwrap().unwrap();
         });
         drop(read);
         assert!(local.bytes().iter().all(|&b| b == 0xa5));
         local.fill(0x5a);
-        let write = initiator
+        let mut write = initiator
             .initiator(XferOp::Write, &local, name, exposed.addr(), exposed.len())
             .unwrap();
         std::thread::scope(|s| {
             let waiter = s.spawn(|| target.await_notification(b"write-1", limit, Polling::Backoff));
-            write.transfer(b"write-1", limit, Polling::Spin).unwrap();
+            write
+                .transfer(b"write-1", None, limit, Polling::Spin)
+                .unwrap();
             waiter.join().unwrap().unwrap();
         });
         assert!(exposed.bytes().iter().all(|&b| b == 0x5a));
+    }
+
+    /// Both sides registering per operation, as ferry's default path does: the target
+    /// registers its buffer and sends its metadata with each operation and deregisters once
+    /// notified; the worker registers its own buffer around each transfer. Skipped without
+    /// NIXL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_sides_can_register_per_operation() {
+        if let Err(why) = ferry::nixl::available(None) {
+            println!("skipped: {why}");
+            return;
+        }
+        let id = std::process::id();
+        let target = RawAgent::new(&format!("raw-test-per-op-target-{id}")).unwrap();
+        let initiator = RawAgent::new(&format!("raw-test-per-op-initiator-{id}")).unwrap();
+        let exposed = unregistered(64 << 10, 0xa5).unwrap();
+        let (local, at) = Local::per_operation(64 << 10, 0).unwrap();
+        // Once, for the agent's name (and a connection), as any initiator starts.
+        let first = target.register(&exposed).unwrap();
+        let name = initiator.load_remote(&target.metadata().unwrap()).unwrap();
+        drop(first);
+        let span = Span {
+            local: at,
+            remote_agent: name,
+            remote: (
+                exposed.as_slice().as_ptr() as usize,
+                exposed.as_slice().len(),
+            ),
+        };
+        let worker =
+            RawWorker::start(&initiator, XferOp::Read, span, local, Polling::Yield).unwrap();
+        let limit = Duration::from_secs(10);
+        for round in 0..3 {
+            let message = format!("per-op-{round}");
+            let registration = target.register(&exposed).unwrap();
+            let metadata = target.metadata().unwrap();
+            let (timed, notified) = std::thread::scope(|s| {
+                let waiter = s
+                    .spawn(|| target.await_notification(message.as_bytes(), limit, Polling::Yield));
+                let fill = Some(0);
+                let transfer = worker.transfer(message.as_bytes(), Some(metadata), limit, fill);
+                let timed = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(transfer)
+                });
+                (timed, waiter.join().unwrap())
+            });
+            drop(registration);
+            notified.unwrap();
+            let timed = timed.unwrap();
+            assert_eq!(
+                timed.checksum,
+                Some(crate::checksum(&[0xa5; 64 << 10])),
+                "round {round}"
+            );
+        }
     }
 }

@@ -115,33 +115,40 @@ pub fn environment() -> Vec<(String, String)> {
 }
 
 impl NixlReport {
-    /// The raw row of `row`'s size and direction.
-    pub fn raw_of(&self, row: &Measured) -> Option<&Measured> {
+    /// The row of `path` at `row`'s size and direction.
+    fn row_of(&self, path: Path, row: &Measured) -> Option<&Measured> {
         self.rows
             .iter()
-            .find(|r| r.path == Path::Raw && r.size == row.size && r.direction == row.direction)
+            .find(|r| r.path == path && r.size == row.size && r.direction == row.direction)
     }
 
-    /// `row`'s throughput ÷ the raw row's (none for raw rows).
+    /// The raw row of `row`'s size and direction, which every other row is compared with
+    /// (none for the raw row itself). Both ferry paths are judged against it, whether they
+    /// register per operation or not, as the raw loop registers once; the row of
+    /// [`Path::RawPerOp`] shows what registering per operation costs the raw loop itself.
+    pub fn raw_of(&self, row: &Measured) -> Option<&Measured> {
+        (row.path != Path::Raw)
+            .then(|| self.row_of(Path::Raw, row))
+            .flatten()
+    }
+
+    /// `row`'s throughput ÷ the raw row's ([`NixlReport::raw_of`]).
     pub fn throughput_ratio(&self, row: &Measured) -> Option<f64> {
-        if row.path == Path::Raw {
-            return None;
-        }
         let raw = self.raw_of(row)?.throughput();
         Some(row.throughput() / raw.max(1e-12))
     }
 
-    /// `row`'s p50 − the raw row's p50, µs (none for raw rows).
+    /// `row`'s p50 − the raw row's p50, µs ([`NixlReport::raw_of`]).
     pub fn added_micros(&self, row: &Measured) -> Option<f64> {
-        if row.path == Path::Raw {
-            return None;
-        }
         Some(micros(row.both.p50) - micros(self.raw_of(row)?.both.p50))
     }
 
     /// The target `row` is judged by, where one applies: throughput from
     /// [`THROUGHPUT_FROM`], added time at [`LATENCY_SIZE`].
     pub fn verdict(&self, row: &Measured) -> Option<Verdict> {
+        if row.path.is_raw() {
+            return None;
+        }
         if row.size >= THROUGHPUT_FROM {
             self.throughput_ratio(row).map(Verdict::Throughput)
         } else if row.size == LATENCY_SIZE {
@@ -292,7 +299,11 @@ impl NixlReport {
              the active side's completion and the peer's, whose instant it reports by the \
              shared system clock); active p50 is until the active side's own completion. GB/s \
              is 10⁹ bytes per second, bytes × operations ÷ their total time. ÷ raw GB/s and \
-             p50 − raw p50 compare with the raw nixl-sys row of the same size and direction. \
+             p50 − raw p50 compare with the raw nixl-sys row of the same size and direction, \
+             which registers its memory once; both ferry paths are judged against it. The raw \
+             loop registering per operation (both sides; its target deregisters before it \
+             reports, as a ferry passive operation does) shows what that costs NIXL itself, and \
+             is not judged. \
              The paths ran in {} alternating rounds; one verified warm-up per path, size and \
              direction is not timed (ferry's over its own pattern buffers). {} The raw loop \
              polled NIXL with `--raw-polling {}`. The cycle's time runs from just before the request for \
@@ -357,6 +368,14 @@ impl NixlReport {
                 let mut value = measured(row);
                 value["throughput_vs_raw"] = json!(self.throughput_ratio(row));
                 value["added_us_vs_raw_p50"] = json!(self.added_micros(row));
+                // Beside the raw loop doing the same registration work, for ferry's default.
+                let per_op = self
+                    .row_of(Path::RawPerOp, row)
+                    .filter(|_| row.path == Path::Ferry);
+                value["throughput_vs_raw_per_op"] =
+                    json!(per_op.map(|r| row.throughput() / r.throughput().max(1e-12)));
+                value["added_us_vs_raw_per_op_p50"] =
+                    json!(per_op.map(|r| micros(row.both.p50) - micros(r.both.p50)));
                 value["target"] = json!(self.verdict(row).map(|v| json!({
                     "kind": match v {
                         Verdict::Throughput(_) => "throughput_vs_raw",
@@ -465,8 +484,35 @@ mod tests {
         assert!(table.contains("`UCX_NET_DEVICES=lo`"), "{table}");
         let json = r.json();
         assert_eq!(json["rows"][1]["added_us_vs_raw_p50"], 7.0);
+        assert!(json["rows"][1]["added_us_vs_raw_per_op_p50"].is_null());
         assert!(json["rows"][0]["target"].is_null());
         assert_eq!(json["rows"][4]["target"]["met"], true);
+    }
+
+    #[test]
+    fn the_raw_loop_registering_per_operation_is_shown_not_judged() {
+        let mut r = report();
+        r.rows = vec![
+            row(Path::Raw, 4096, 3),
+            row(Path::RawPerOp, 4096, 8),
+            row(Path::Ferry, 4096, 10),
+            row(Path::FerryCached, 4096, 6),
+        ];
+        // Both ferry paths are judged against the raw loop registering once.
+        assert_eq!(r.verdict(&r.rows[1]), None);
+        assert_eq!(r.verdict(&r.rows[2]), Some(Verdict::Added(7.0)));
+        assert_eq!(r.verdict(&r.rows[3]), Some(Verdict::Added(3.0)));
+        let json = r.json();
+        assert_eq!(json["rows"][1]["added_us_vs_raw_p50"], 5.0);
+        assert!(json["rows"][1]["target"].is_null());
+        // ferry's default beside the raw loop doing the same registration work, in the JSON.
+        assert_eq!(json["rows"][2]["added_us_vs_raw_per_op_p50"], 2.0);
+        assert!(json["rows"][3]["added_us_vs_raw_per_op_p50"].is_null());
+        let table = r.table();
+        assert!(
+            table.contains("| 4 KiB | read | raw nixl-sys, registered per operation | 10 | 8.0 | 8.0 | 8.0 | 0.512 | 0.38 | +5.0 |  | verified |"),
+            "{table}"
+        );
     }
 
     #[test]
