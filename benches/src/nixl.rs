@@ -879,7 +879,8 @@ struct RawAsk {
     verify: bool,
     /// On the worker that registers its memory per operation.
     per_op: bool,
-    /// That worker's memory is filled with this first, untimed.
+    /// A checked warm-up on that worker: its memory filled with this first and its checksum
+    /// taken after, both untimed.
     fill: Option<u8>,
 }
 
@@ -974,13 +975,12 @@ impl RawRow {
     }
 
     /// The same warm-up on the per-operation worker, whose memory only its thread touches: it
-    /// zeroes it first for a read, and reports its checksum after.
+    /// zeroes it first for a read (refills it for a write), and reports its checksum after.
     async fn warm_up_per_op(&mut self, peer: &mut PeerProcess, message: &str) -> Result<bool> {
-        let read = self.direction == Direction::Read;
         let ask = RawAsk {
             verify: true,
             per_op: true,
-            fill: read.then_some(0),
+            fill: Some(local_fill(self.direction)),
         };
         let RawDone {
             done,

@@ -35,9 +35,9 @@ struct Args {
     #[command(flatten)]
     run: RunArgs,
     /// The paths to measure, comma-separated: raw (nixl-sys by hand, memory registered once),
-    /// raw-per-op (the same, the initiator's memory registered per operation), ferry (memory
-    /// registered per operation, ferry's and Dynamo's default; judged against raw-per-op),
-    /// ferry-cached (a registration cache on both sides; judged against raw).
+    /// raw-per-op (the same, both sides registering their memory per operation; not judged),
+    /// ferry (memory registered per operation, ferry's and Dynamo's default), ferry-cached (a
+    /// registration cache on both sides). Both ferry paths are judged against raw.
     #[arg(long, value_delimiter = ',', value_parser = parse_path, default_value = "raw,raw-per-op,ferry,ferry-cached")]
     paths: Vec<Path>,
     /// Rounds the paths alternate in, each running its share of the operations
@@ -157,9 +157,10 @@ async fn run(args: Args) -> Result<NixlReport> {
         }
     }
 
-    // Per process at most two buffers of a size (ferry's and the raw one) and, on the active
-    // side while verifying a read, the expected bytes of one: five in all, plus room.
-    let (sizes, skipped) = cli::fitting(sizes, |size| 5 * size as u64);
+    // Per process at most three buffers of a size (ferry's, the raw one and the one the raw
+    // loop registers per operation) and, on the active side while verifying a read, the
+    // expected bytes of one: seven in all, plus room.
+    let (sizes, skipped) = cli::fitting(sizes, |size| 7 * size as u64);
 
     let mut bench = Bench::start(args.raw_polling).await?;
     eprintln!("peer process {} ready", bench.peer_pid().unwrap_or(0));

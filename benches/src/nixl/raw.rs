@@ -429,7 +429,8 @@ struct Job {
     /// The target's metadata, when it registers per operation.
     target: Option<Vec<u8>>,
     limit: Duration,
-    /// Fill the worker's own local memory with this first, untimed ([`Local::PerOperation`]).
+    /// A checked warm-up ([`Local::PerOperation`] only): fill the worker's own local memory
+    /// with this first, and take its checksum after, both untimed.
     fill: Option<u8>,
     reply: tokio::sync::oneshot::Sender<Result<Timed, RawError>>,
 }
@@ -443,7 +444,7 @@ pub struct Timed {
     /// From then until `get_xfer_status` said `Success`.
     pub active: Duration,
     /// A checksum ([`crate::checksum`]) of the worker's own local memory after the transfer,
-    /// untimed ([`Local::PerOperation`] only).
+    /// untimed, when the job asked for a checked warm-up ([`Local::PerOperation`] only).
     pub checksum: Option<u64>,
 }
 
@@ -553,6 +554,7 @@ impl RawWorker {
                     let checksum = initiator
                         .per_operation
                         .as_ref()
+                        .filter(|_| job.fill.is_some())
                         .map(|storage| crate::checksum(storage.as_slice()));
                     let _ = job.reply.send(outcome.map(|()| Timed {
                         start_ns,
@@ -581,9 +583,9 @@ impl RawWorker {
     /// Runs one transfer with `message` as its notification on the worker's thread and
     /// returns when it is done, for at most `limit` (the thread enforces it). `target` is
     /// the target's agent metadata when it registered its buffer for this operation, loaded
-    /// in the timed operation when it changed (as ferry's would be). `fill` sets
-    /// every byte of the worker's own local memory first, untimed ([`Local::PerOperation`];
-    /// ignored otherwise).
+    /// in the timed operation when it changed (as ferry's would be). `fill` asks for a checked
+    /// warm-up: every byte of the worker's own local memory set first and its checksum
+    /// returned after, both untimed ([`Local::PerOperation`]; ignored otherwise).
     pub async fn transfer(
         &self,
         message: &[u8],
