@@ -49,3 +49,28 @@ async fn remote_agents_are_bounded_by_the_cache_and_reused() {
     let stats = backend.stats();
     assert!(stats.remote_agents <= 2, "{stats:?}");
 }
+
+/// However many operations held a remote agent, once they have ended and its blob has left
+/// the cache nothing keeps it loaded: exactly the agent of the one cached blob stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_operations_leave_no_hold_on_their_agent() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (reader, backend) = connector("holds", 1).await;
+    let mut owners = Vec::new();
+    for i in 0..3 {
+        owners.push(connector(&format!("held{i}"), 256).await);
+    }
+    for (i, (owner, _)) in owners.iter().enumerate() {
+        for round in 0..3 {
+            common::read_cycle(&reader, owner, 100 * i as u64 + round).await;
+        }
+        // Only the agent of the one cached blob is loaded: the earlier agents' operations
+        // ended and released them.
+        let stats = backend.stats();
+        assert_eq!(stats.remote_agents, 1, "after owner {i}: {stats:?}");
+        assert_eq!(stats.loaded_peers, 1, "after owner {i}: {stats:?}");
+    }
+}
