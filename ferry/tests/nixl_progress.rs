@@ -6,9 +6,10 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferry::nixl::{NixlBackend, NixlConfig};
-use ferry::Connector;
+use ferry::{Connector, Descriptor};
 
 async fn connector(name: &str) -> (Connector, Arc<NixlBackend>) {
     let config = NixlConfig::named(format!("{name}-{}-1", std::process::id()));
@@ -32,5 +33,54 @@ async fn awaited_operations_do_not_wake_the_progress_thread() {
     for stats in [reader_backend.stats(), owner_backend.stats()] {
         assert!(stats.thread_wakes <= CYCLES / 4, "{stats:?}");
         assert_eq!((stats.live_keys, stats.live_transfers), (0, 0), "{stats:?}");
+    }
+}
+
+/// An operation that no owner polls still finishes: the progress thread looks at it once an
+/// owner's window after its post has passed, and drives it to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_nobody_polls_are_finished_by_the_thread() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (reader, reader_backend) = connector("adopt-reader").await;
+    let (owner, _) = connector("adopt-owner").await;
+    for seed in 0..3 {
+        let source = ferry::demo::pattern(4096, seed);
+        let mut landing = vec![0u8; 4096];
+        let mut readable = owner
+            .create_readable([Descriptor::from_slice(&source)])
+            .await
+            .expect("readable");
+        let mut read = reader
+            .begin_read(
+                readable.metadata(),
+                [Descriptor::from_mut_slice(&mut landing)],
+            )
+            .await
+            .expect("read");
+        // Neither operation is polled: only the two progress threads move them. The read's
+        // request leaves the reader's books once the thread has seen it finish.
+        let posted = Instant::now();
+        while reader_backend.stats().live_transfers > 0 {
+            assert!(
+                posted.elapsed() < Duration::from_secs(5),
+                "the thread never finished a read nobody polled: {:?}",
+                reader_backend.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        println!(
+            "read {seed} finished by the thread after {:?}",
+            posted.elapsed()
+        );
+        read.wait_for_completion().await.expect("read completes");
+        readable
+            .wait_for_completion()
+            .await
+            .expect("readable completes");
+        drop((read, readable));
+        assert_eq!(landing, source);
     }
 }
