@@ -82,8 +82,11 @@ impl<'buf, K> Operation<'buf, K> {
         }
     }
 
-    /// The current status. Never blocks: it takes whatever events the backend has ready
-    /// (landing bytes that have arrived) and returns.
+    /// The current status. Never waits for the operation to end: it takes whatever events the
+    /// backend has ready (landing bytes that have arrived) and returns. On the nixl and ucx
+    /// backends a call while a transfer is in flight looks at the transport back to back for
+    /// up to one polling slice (200 µs), as an awaiting owner's poll does, so it can take
+    /// that long.
     pub fn status(&mut self) -> OperationStatus {
         let mut cx = Context::from_waker(Waker::noop());
         let _ = self.core.poll_progress(&mut cx);
