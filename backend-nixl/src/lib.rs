@@ -254,8 +254,8 @@ fn settle_streams(local: &[Descriptor<'_>]) -> Result<(), Error> {
     }
 }
 
-/// Random keys from the operating system, as Dynamo's `uuid4()` draws them.
-/// Keys from the operating system's generator, a page at a time ([`KeyPool`]).
+/// Random keys from the operating system, as Dynamo's `uuid4()` draws them, a page of
+/// random bytes at a time ([`KeyPool`]).
 struct Entropy {
     source: std::fs::File,
     pool: KeyPool,

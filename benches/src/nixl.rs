@@ -108,8 +108,9 @@ const REPLY_LIMIT: Duration = Duration::from_secs(60);
 pub enum Path {
     /// nixl-sys directly: buffers registered once, one request per operation ([`raw`]).
     Raw,
-    /// nixl-sys directly, the initiator's memory registered per operation (the target's
-    /// stays registered: its registration is not in the timed operation on either path).
+    /// nixl-sys directly, both sides registering their memory per operation: the initiator
+    /// around each request (timed), the target from before it arms until it is notified.
+    /// Shown, not judged: what registering per operation costs NIXL itself.
     RawPerOp,
     /// ferry's Connector on the nixl backend, as Dynamo's workers use theirs: memory
     /// registered per operation.

@@ -11,10 +11,11 @@
 //! `get_notifications` until that message arrives ([`RawAgent::await_notification`]). Both
 //! sides then know the transfer finished, which is what ferry's operations give.
 //!
-//! The same loop with the initiator's memory registered per operation ([`Local::PerOperation`]:
+//! The same loop can register the initiator's memory per operation ([`Local::PerOperation`]:
 //! `register_memory` before `create_xfer_req`, the registration dropped after the request,
-//! both in the timed operation) is the baseline of ferry's default path, which registers an
-//! active operation's memory per operation as Dynamo does. How each side
+//! both in the timed operation, and the target's metadata loaded when it changed), as
+//! ferry's default path and Dynamo do; the benchmark shows it beside ferry's rows without
+//! judging ferry against it. How each side
 //! polls is a [`Polling`]; by default the target backs off as ferry's passive side does, so a
 //! waiting target does not take a CPU from the transfer on a small machine.
 //!

@@ -103,6 +103,16 @@ pub struct NixlReport {
     pub wall: Duration,
 }
 
+/// `row`'s throughput ÷ `base`'s.
+fn throughput_over(row: &Measured, base: &Measured) -> f64 {
+    row.throughput() / base.throughput().max(1e-12)
+}
+
+/// `row`'s p50 − `base`'s p50, µs.
+fn added_over(row: &Measured, base: &Measured) -> f64 {
+    micros(row.both.p50) - micros(base.both.p50)
+}
+
 /// The environment variables that shape NIXL and UCX here, sorted.
 pub fn environment() -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = std::env::vars()
@@ -134,13 +144,12 @@ impl NixlReport {
 
     /// `row`'s throughput ÷ the raw row's ([`NixlReport::raw_of`]).
     pub fn throughput_ratio(&self, row: &Measured) -> Option<f64> {
-        let raw = self.raw_of(row)?.throughput();
-        Some(row.throughput() / raw.max(1e-12))
+        Some(throughput_over(row, self.raw_of(row)?))
     }
 
     /// `row`'s p50 − the raw row's p50, µs ([`NixlReport::raw_of`]).
     pub fn added_micros(&self, row: &Measured) -> Option<f64> {
-        Some(micros(row.both.p50) - micros(self.raw_of(row)?.both.p50))
+        Some(added_over(row, self.raw_of(row)?))
     }
 
     /// The target `row` is judged by, where one applies: throughput from
@@ -372,10 +381,8 @@ impl NixlReport {
                 let per_op = self
                     .row_of(Path::RawPerOp, row)
                     .filter(|_| row.path == Path::Ferry);
-                value["throughput_vs_raw_per_op"] =
-                    json!(per_op.map(|r| row.throughput() / r.throughput().max(1e-12)));
-                value["added_us_vs_raw_per_op_p50"] =
-                    json!(per_op.map(|r| micros(row.both.p50) - micros(r.both.p50)));
+                value["throughput_vs_raw_per_op"] = json!(per_op.map(|r| throughput_over(row, r)));
+                value["added_us_vs_raw_per_op_p50"] = json!(per_op.map(|r| added_over(row, r)));
                 value["target"] = json!(self.verdict(row).map(|v| json!({
                     "kind": match v {
                         Verdict::Throughput(_) => "throughput_vs_raw",
