@@ -35,7 +35,9 @@
 //! A task awaiting an operation first polls NIXL itself for [`NixlConfig::owner_spin`] (1 ms):
 //! back to back within 200 µs slices, giving up the CPU between looks and yielding to its
 //! runtime between slices, so a transfer that ends within it completes on the owner's thread,
-//! with no hop. Between its own looks it also progresses this process's other agents that have
+//! with no hop. A request NIXL finishes within its post (UCX moved the bytes there, as CMA
+//! does for most transfers between processes of one host) is not looked at again: its owner's
+//! first poll completes it, and the thread never hears of it. Between its own looks it also progresses this process's other agents that have
 //! an operation live, whose owners may be other futures of its own task (both sides of a
 //! transfer between two Connectors awaited with `join!`), polled only between slices. After that, one ferry thread per backend polls notifications and posted
 //! transfers, spinning only while a transfer is in flight, backing off (up to
@@ -381,6 +383,8 @@ struct Shared {
     capabilities: Capabilities,
     registrations: Mutex<HashMap<u64, RegistrationHandle>>,
     next: AtomicU64,
+    /// Requests NIXL finished within their post ([`NixlStats::finished_in_post`]).
+    finished_in_post: AtomicU64,
     /// Bumped by every registration change: the local metadata changes with it.
     generation: AtomicU64,
     local_blob: Mutex<Option<(u64, EndpointBlob)>>,
@@ -451,6 +455,7 @@ impl NixlBackend {
             },
             registrations: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            finished_in_post: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             local_blob: Mutex::new(None),
             peers: Mutex::new(Peers {
@@ -505,6 +510,7 @@ impl NixlBackend {
             live_transfers: state.active.len(),
             unmatched_notifications: state.unmatched,
             thread_wakes: state.wakes,
+            finished_in_post: self.shared.finished_in_post.load(Ordering::Relaxed),
             registrations: lock(&self.shared.registrations).len(),
             loaded_peers,
             remote_agents,
@@ -526,6 +532,10 @@ pub struct NixlStats {
     /// Times an operation or a cancel woke the progress thread (owners that poll their
     /// operations themselves need not: see the crate's Progress section).
     pub thread_wakes: u64,
+    /// Transfers NIXL finished within their post, which neither their owner nor the thread
+    /// then polled: UCX moved the bytes during the post (CMA does between processes of one
+    /// host).
+    pub finished_in_post: u64,
     /// Live memory registrations.
     pub registrations: usize,
     /// Distinct remote metadata blobs loaded.
@@ -926,27 +936,30 @@ impl NixlPeer {
                 }
                 (Stage::Make, other) => backend_error(other, Side::Local, "make_xfer_req"),
             })?;
-        agent
+        let in_progress = agent
             .post_xfer_req(&request, Some(&args))
             .map_err(|e| backend_error(e, Side::Local, "post_xfer_req"))?;
         let request = Arc::new(Mutex::new(Some(request)));
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        // Its owner is about to poll it; the thread stands by for an owner's window.
-        let progress = &self.shared.progress;
-        let now = Instant::now();
-        let watch_from = now + progress.owner_spin;
-        let mut state = progress.lock();
-        state.keep_warm(now);
-        state.active.insert(
-            id,
-            ActiveSlot {
-                request: request.clone(),
-                waker: None,
-                watch_from: Some(watch_from),
-            },
-        );
-        progress.wake_by(&mut state, watch_from);
-        drop(state);
+        if !in_progress {
+            self.shared.finished_in_post.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Its owner is about to poll it; the thread stands by for an owner's window.
+            let progress = &self.shared.progress;
+            let now = Instant::now();
+            let watch_from = now + progress.owner_spin;
+            let mut state = progress.lock();
+            state.keep_warm(now);
+            state.active.insert(
+                id,
+                ActiveSlot {
+                    request: request.clone(),
+                    waker: None,
+                    watch_from: Some(watch_from),
+                },
+            );
+            progress.wake_by(&mut state, watch_from);
+        }
         Ok(ActiveTransfer {
             shared: self.shared.clone(),
             request,
@@ -954,6 +967,8 @@ impl NixlPeer {
             remote_agent: self.agent.clone(),
             key: remote.notification_key,
             ended: false,
+            done_at_post: !in_progress,
+            watched: in_progress,
             spin: Spin::new(self.shared.owner_spin),
         })
     }
@@ -982,6 +997,13 @@ struct ActiveTransfer {
     remote_agent: AgentRef,
     key: NotificationKey,
     ended: bool,
+    /// NIXL finished the whole request, its notification included, within the post
+    /// (`NIXL_SUCCESS` rather than `NIXL_IN_PROG`: UCX moved the bytes there, as CMA does).
+    /// Nothing is left to poll.
+    done_at_post: bool,
+    /// Whether the progress state may hold a slot for it: from a post still in progress, or
+    /// from the hand-over after its owner's window. Without one, ending it takes no lock.
+    watched: bool,
     spin: Spin,
 }
 
@@ -1038,8 +1060,15 @@ impl ActiveTransfer {
 
     fn finish(&mut self, event: Event) -> Poll<Event> {
         self.ended = true;
-        self.shared.progress.lock().active.remove(&self.id);
+        self.unwatch();
         Poll::Ready(event)
+    }
+
+    /// Takes its slot, if any, out of the progress state.
+    fn unwatch(&mut self) {
+        if std::mem::take(&mut self.watched) {
+            self.shared.progress.lock().active.remove(&self.id);
+        }
     }
 }
 
@@ -1051,6 +1080,9 @@ fn transfer_failed(e: NixlError) -> Event {
 
 impl Transfer for ActiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        if self.done_at_post {
+            return self.finish(Event::Completed);
+        }
         let first = self.spin.until().is_none();
         let slice = self.spin.slice();
         if first {
@@ -1082,6 +1114,7 @@ impl Transfer for ActiveTransfer {
         }
         // The owner's window is over: the thread watches the request from now on (a poll
         // with no task behind it, `status()`, must not leave it unprogressed).
+        self.watched = true;
         let progress = &self.shared.progress;
         let mut state = progress.lock();
         state.active.insert(
@@ -1098,7 +1131,11 @@ impl Transfer for ActiveTransfer {
 
     fn cancel(&mut self, _local: &mut [Descriptor<'_>]) -> Option<Event> {
         self.ended = true;
-        self.shared.progress.lock().active.remove(&self.id);
+        self.unwatch();
+        if self.done_at_post {
+            // The bytes all moved, and the notification left, before the cancel.
+            return Some(Event::Completed);
+        }
         let request = lock(&self.request).take()?;
         if let Ok(XferStatus::Success) = self.drain(&request) {
             // The bytes all moved before the transfer could be stopped, and NIXL has sent the
@@ -1122,7 +1159,7 @@ impl Drop for ActiveTransfer {
         if !self.ended {
             let _ = Transfer::cancel(self, &mut []);
         }
-        self.shared.progress.lock().active.remove(&self.id);
+        self.unwatch();
         // Released before the agent reference, which may unload the remote agent.
         drop(lock(&self.request).take());
     }
