@@ -64,6 +64,7 @@ pub mod dynamo;
 pub mod raw;
 pub mod report;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -190,13 +191,19 @@ impl Sources {
 /// A Connector on a fresh NIXL agent named `agent`, keeping up to `cache` registrations
 /// (0: none, ferry's default).
 pub async fn connector(agent: &str, cache: usize) -> Result<Connector> {
-    let backend = NixlBackend::new(NixlConfig::named(agent))?;
-    Ok(Connector::builder()
+    Ok(connector_and_backend(agent, cache).await?.0)
+}
+
+/// [`connector`], and its backend, for its stats.
+async fn connector_and_backend(agent: &str, cache: usize) -> Result<(Connector, Arc<NixlBackend>)> {
+    let backend = Arc::new(NixlBackend::new(NixlConfig::named(agent))?);
+    let connector = Connector::builder()
         .worker_id(agent)
-        .backend(backend)
+        .backend_arc(backend.clone())
         .registration_cache(cache)
         .build()
-        .await?)
+        .await?;
+    Ok((connector, backend))
 }
 
 /// One size and direction of an operation, the unit a cached Connector is kept for.
@@ -493,6 +500,10 @@ pub struct Measured {
     pub active: Summary,
     /// Whether the warm-up's bytes arrived, checked in full.
     pub verified: bool,
+    /// For a ferry row, how many of its timed operations NIXL finished within their post
+    /// ([`ferry::nixl::NixlStats::finished_in_post`]): UCX moved the bytes there, and
+    /// ferry did not poll them again.
+    pub finished_in_post: Option<u64>,
 }
 
 impl Measured {
@@ -572,6 +583,7 @@ enum ClockFrom {
 #[derive(Debug)]
 pub struct Bench {
     ferry: Connector,
+    ferry_backend: Arc<NixlBackend>,
     raw: RawAgent,
     peer: PeerProcess,
     polling: Polling,
@@ -586,11 +598,13 @@ impl Bench {
     pub async fn start(polling: Polling) -> Result<Bench> {
         ferry::nixl::available(None)?;
         let pid = std::process::id();
-        let ferry = connector(&format!("ferry-bench-{pid}"), 0).await?;
+        let (ferry, ferry_backend) =
+            connector_and_backend(&format!("ferry-bench-{pid}"), 0).await?;
         let raw = RawAgent::new(&format!("ferry-bench-raw-{pid}"))?;
         let peer = PeerProcess::spawn(&["--raw-polling", polling.key()]).await?;
         Ok(Bench {
             ferry,
+            ferry_backend,
             raw,
             peer,
             polling,
@@ -656,7 +670,7 @@ impl Bench {
         if paths.contains(&Path::FerryCached) {
             self.cached_made += 1;
             let name = format!("ferry-bench-cached-{pid}-{}", self.cached_made);
-            cached = Some(connector(&name, CACHE_CAPACITY).await?);
+            cached = Some(connector_and_backend(&name, CACHE_CAPACITY).await?);
         }
 
         let mut samples: Vec<(Path, Samples, bool)> = Vec::new();
@@ -674,13 +688,17 @@ impl Bench {
                     warm_up_ferry(&self.ferry, &mut self.peer, direction, &mut buffer, false)
                         .await?
                 }
-                (Path::FerryCached, _, Some(cached)) => {
+                (Path::FerryCached, _, Some((cached, _))) => {
                     warm_up_ferry(cached, &mut self.peer, direction, &mut buffer, true).await?
                 }
                 _ => return Err(format!("path {} was not set up", path.key()).into()),
             };
             samples.push((path, Samples::default(), verified));
         }
+        // Each ferry path has a backend of its own; the warm-ups are not counted.
+        let in_post = |backend: &NixlBackend| backend.stats().finished_in_post;
+        let default_in_post = in_post(&self.ferry_backend);
+        let cached_in_post = cached.as_ref().map(|(_, backend)| in_post(backend));
 
         let rounds = rounds.max(1);
         for round in 1..=rounds {
@@ -700,7 +718,7 @@ impl Bench {
                         }
                         (Path::Ferry | Path::FerryCached, _, _) => {
                             let connector = match (*path, &cached) {
-                                (Path::FerryCached, Some(cached)) => cached,
+                                (Path::FerryCached, Some((cached, _))) => cached,
                                 _ => &self.ferry,
                             };
                             let shared = raw.as_ref().filter(|_| sources == Sources::Shared);
@@ -730,6 +748,11 @@ impl Bench {
         if ended["ended"] != Value::Bool(true) {
             return Err(format!("the peer did not end the row: {ended}").into());
         }
+        let default_in_post = in_post(&self.ferry_backend) - default_in_post;
+        let cached_in_post = cached
+            .as_ref()
+            .zip(cached_in_post)
+            .map(|((_, backend), before)| in_post(backend) - before);
         drop(cached);
         drop(raw);
         drop(buffer);
@@ -737,6 +760,11 @@ impl Bench {
         let mut measured = Vec::with_capacity(samples.len());
         for (path, gathered, verified) in samples {
             let (both, active) = gathered.summarise()?;
+            let finished_in_post = match path {
+                Path::Ferry => Some(default_in_post),
+                Path::FerryCached => cached_in_post,
+                Path::Raw | Path::RawPerOp => None,
+            };
             measured.push(Measured {
                 path,
                 direction,
@@ -744,6 +772,7 @@ impl Bench {
                 both,
                 active,
                 verified,
+                finished_in_post,
             });
         }
         Ok(measured)
@@ -784,6 +813,7 @@ impl Bench {
             both,
             active,
             verified,
+            finished_in_post: None,
         })
     }
 

@@ -75,7 +75,23 @@ fn tiny_run_prints_table_and_json() {
         // ferry's default path also sits beside the raw loop registering per operation.
         let per_op = row["added_us_vs_raw_per_op_p50"].as_f64();
         assert_eq!(per_op.is_some(), row["path"] == "ferry", "{row}");
+        let in_post = row["finished_in_post"].as_u64();
+        let ferry = row["path"] == "ferry" || row["path"] == "ferry-cached";
+        assert_eq!(in_post.is_some(), ferry, "{row}");
+        let iterations = row["both_sides"]["iterations"].as_u64().unwrap();
+        assert!(in_post.unwrap_or(0) <= iterations, "{row}");
     }
+    // Between two processes of one host UCX moves 1 MiB with CMA during the post, and ferry
+    // then completes the operation without polling NIXL again.
+    let in_post_at_1m: u64 = rows
+        .iter()
+        .filter(|r| r["size"] == 1 << 20)
+        .filter_map(|r| r["finished_in_post"].as_u64())
+        .sum();
+    assert!(
+        in_post_at_1m > 0,
+        "no 1 MiB ferry transfer finished within its post"
+    );
     assert_eq!(figures["cycle"]["verified"], true);
     assert_eq!(figures["cycle"]["both_sides"]["iterations"], 2);
     if dynamo_skipped {

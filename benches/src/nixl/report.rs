@@ -368,6 +368,7 @@ impl NixlReport {
                 "active_side": summary(&row.active),
                 "bytes_per_second": row.throughput(),
                 "verified": row.verified,
+                "finished_in_post": row.finished_in_post,
             })
         };
         let rows: Vec<Value> = self
@@ -440,6 +441,7 @@ mod tests {
             both: summary(us, 10),
             active: summary(us, 10),
             verified: true,
+            finished_in_post: None,
         }
     }
 
