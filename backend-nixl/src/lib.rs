@@ -106,7 +106,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ferry_core::spin::{Look, Spin};
+use ferry_core::spin::{self, Look, Spin};
 use ferry_core::state::Event;
 use ferry_core::{
     BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed, KeyPool,
@@ -806,6 +806,13 @@ impl PassiveTransfer {
 
 impl Transfer for PassiveTransfer {
     fn poll_event(&mut self, cx: &mut Context<'_>, _local: &mut [Descriptor<'_>]) -> Poll<Event> {
+        if spin::is_glance(cx) {
+            // `status()`: one look, no window, nothing handed over.
+            if self.take_outcome().is_none() {
+                self.progress.poll_notifications();
+            }
+            return self.take_outcome().map_or(Poll::Pending, Poll::Ready);
+        }
         let first = self.spin.until().is_none();
         let slice = self.spin.slice();
         if first {
@@ -1058,6 +1065,16 @@ impl ActiveTransfer {
             .map(|request| self.shared.agent.get_xfer_status(request))
     }
 
+    /// Asks NIXL once; the event, if the request has left `InProgress`.
+    fn look(&mut self) -> Option<Poll<Event>> {
+        match self.status() {
+            Some(Ok(XferStatus::Success)) => Some(self.finish(Event::Completed)),
+            Some(Err(e)) => Some(self.finish(transfer_failed(e))),
+            None => Some(self.finish(Event::Failed(Error::Cancelled { by: Side::Local }))),
+            Some(Ok(XferStatus::InProgress)) => None,
+        }
+    }
+
     fn finish(&mut self, event: Event) -> Poll<Event> {
         self.ended = true;
         self.unwatch();
@@ -1083,6 +1100,10 @@ impl Transfer for ActiveTransfer {
         if self.done_at_post {
             return self.finish(Event::Completed);
         }
+        if spin::is_glance(cx) {
+            // `status()`: one look, no window, nothing handed over.
+            return self.look().unwrap_or(Poll::Pending);
+        }
         let first = self.spin.until().is_none();
         let slice = self.spin.slice();
         if first {
@@ -1092,13 +1113,8 @@ impl Transfer for ActiveTransfer {
             }
         }
         loop {
-            match self.status() {
-                Some(Ok(XferStatus::Success)) => return self.finish(Event::Completed),
-                Some(Err(e)) => return self.finish(transfer_failed(e)),
-                None => {
-                    return self.finish(Event::Failed(Error::Cancelled { by: Side::Local }));
-                }
-                Some(Ok(XferStatus::InProgress)) => {}
+            if let Some(ended) = self.look() {
+                return ended;
             }
             match self.spin.next(slice) {
                 Look::Again => {

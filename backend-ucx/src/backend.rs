@@ -145,7 +145,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use ferry_core::spin::{Look, Spin};
+use ferry_core::spin::{self, Look, Spin};
 use ferry_core::state::Event;
 use ferry_core::{
     BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed, KeyPool,
@@ -339,6 +339,11 @@ impl Shared {
     ) -> Poll<Event> {
         if let Some(event) = settlement.ended() {
             return Poll::Ready(event);
+        }
+        if spin::is_glance(cx) {
+            // `status()`: one look, no window, nothing handed over.
+            let _ = progress::try_look(&self.engine);
+            return settlement.ended().map_or(Poll::Pending, Poll::Ready);
         }
         let window_open = spin.until().is_none_or(|until| Instant::now() < until);
         if window_open && !spin.budget().is_zero() {

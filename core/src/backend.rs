@@ -141,6 +141,9 @@ pub trait Transfer: Send {
     /// [`Event::Failed`] — or `Pending` after arranging for `cx`'s waker to be woken (never by
     /// sleeping in a loop). `local` is the operation's memory; a backend that lands bytes
     /// itself does so here, and reports `Completed` only once every byte is in `local`.
+    ///
+    /// A poll whose waker is [`crate::spin::glance`] comes from `Operation::status`: it must
+    /// return without waiting, after at most one look at the transport.
     fn poll_event(&mut self, cx: &mut Context<'_>, local: &mut [Descriptor<'_>]) -> Poll<Event>;
 
     /// Cancels: an active transfer tells its peer (SPEC §5), a passive one revokes access.

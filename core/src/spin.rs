@@ -6,6 +6,8 @@
 //! of them. An owner that polls its own operation for a short window instead catches the end
 //! without any. The nixl and ucx backends both poll this way.
 
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
 /// The longest an owner looks back to back within one poll. Each slice ends in a wake-up
@@ -19,6 +21,27 @@ use std::time::{Duration, Instant};
 /// progressing the other Connector 28 µs; across two processes, 200 µs slices added 8–38 µs to
 /// the raw loop's p50 where 10 µs slices added 33–63 µs (three alternating runs each).
 pub const SLICE: Duration = Duration::from_micros(200);
+
+/// The waker of a poll that no task waits behind: ferry's `Operation::status` polls with it.
+/// A backend whose owners poll their transport themselves takes one look on such a poll
+/// ([`is_glance`]) and returns: it starts no window and hands nothing over, so `status()`
+/// never waits.
+pub fn glance() -> &'static Waker {
+    static GLANCE: LazyLock<Waker> = LazyLock::new(|| Waker::from(Arc::new(Glance)));
+    &GLANCE
+}
+
+/// Whether `cx` polls with [`glance`]'s waker.
+pub fn is_glance(cx: &Context<'_>) -> bool {
+    cx.waker().will_wake(glance())
+}
+
+/// What [`glance`]'s waker wakes: nothing.
+struct Glance;
+
+impl Wake for Glance {
+    fn wake(self: Arc<Self>) {}
+}
 
 /// An owner's polling window of `budget`, started at its first poll.
 ///
@@ -92,6 +115,14 @@ impl Spin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_glance_waker_is_a_glance() {
+        assert!(is_glance(&Context::from_waker(glance())));
+        assert!(!is_glance(&Context::from_waker(Waker::noop())));
+        let task = Waker::from(Arc::new(Glance));
+        assert!(!is_glance(&Context::from_waker(&task)));
+    }
 
     #[test]
     fn a_window_hands_over_once_spent() {

@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ferry_core::state::{Event, Role, StateMachine};
@@ -84,11 +84,10 @@ impl<'buf, K> Operation<'buf, K> {
 
     /// The current status. Never waits for the operation to end: it takes whatever events the
     /// backend has ready (landing bytes that have arrived) and returns. On the nixl and ucx
-    /// backends a call while a transfer is in flight looks at the transport back to back for
-    /// up to one polling slice (200 µs), as an awaiting owner's poll does, so it can take
-    /// that long.
+    /// backends it looks at the transport once; it does not start the polling window an
+    /// awaiting owner gets.
     pub fn status(&mut self) -> OperationStatus {
-        let mut cx = Context::from_waker(Waker::noop());
+        let mut cx = Context::from_waker(ferry_core::spin::glance());
         let _ = self.core.poll_progress(&mut cx);
         self.core.machine.state().status()
     }

@@ -84,3 +84,20 @@ async fn operations_nobody_polls_are_finished_by_the_thread() {
         assert_eq!(landing, source);
     }
 }
+
+/// `status()` looks at NIXL once and returns. Before, it polled as an awaiting owner does:
+/// each of its first calls on an operation whose peer had not begun looked back to back
+/// until its 200 µs slice ended, for the whole 1 ms window it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_looks_once() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (owner, _) = connector("glance-owner").await;
+    let quickest = common::quickest_status_call(&owner).await;
+    assert!(
+        quickest < Duration::from_micros(150),
+        "status() waited like an owner's poll: {quickest:?} at best"
+    );
+}

@@ -82,3 +82,20 @@ async fn large_operations_are_posted_by_the_thread() {
     let stats = reader_backend.stats();
     assert_eq!(stats.thread_commands, 1, "one post: {stats:?}");
 }
+
+/// `status()` looks at the worker once and returns. Before, it polled as an awaiting owner
+/// does: each of its first calls on an operation whose peer had not begun looked back to back
+/// until its 200 µs slice ended, for the whole window it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_looks_once() {
+    if let Err(reason) = ferry::ucx::available() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (owner, _) = connector("glance-owner", UcxConfig::default().owner_spin).await;
+    let quickest = common::quickest_status_call(&owner).await;
+    assert!(
+        quickest < Duration::from_micros(150),
+        "status() waited like an owner's poll: {quickest:?} at best"
+    );
+}

@@ -39,6 +39,26 @@ pub async fn read_in_pieces(
     assert_eq!(landing, source);
 }
 
+/// Creates a 4 KiB readable on `owner` that nobody reads, and times three `status()` calls on
+/// it, each of which must find it live; returns the quickest.
+#[allow(dead_code)] // not every test that includes this module uses it
+pub async fn quickest_status_call(owner: &Connector) -> std::time::Duration {
+    let source = ferry::demo::pattern(4096, 1);
+    let mut readable = owner
+        .create_readable([Descriptor::from_slice(&source)])
+        .await
+        .expect("readable");
+    (0..3)
+        .map(|_| {
+            let asked = std::time::Instant::now();
+            let status = readable.status();
+            assert!(!status.is_terminal(), "nobody read it: {status:?}");
+            asked.elapsed()
+        })
+        .min()
+        .expect("three calls")
+}
+
 /// A Connector over its own NIXL agent made from `config`, keeping up to `cache`
 /// registrations, and the backend (for its stats).
 #[cfg(feature = "nixl")]
