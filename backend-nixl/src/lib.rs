@@ -37,14 +37,16 @@
 //! runtime between slices, so a transfer that ends within it completes on the owner's thread,
 //! with no hop. A request NIXL finishes within its post (UCX moved the bytes there, as CMA
 //! does for most transfers between processes of one host) is not looked at again: its owner's
-//! first poll completes it, and the thread never hears of it. Between its own looks it also progresses this process's other agents that have
-//! an operation live, whose owners may be other futures of its own task (both sides of a
-//! transfer between two Connectors awaited with `join!`), polled only between slices. After that, one ferry thread per backend polls notifications and posted
-//! transfers, spinning only while a transfer is in flight, backing off (up to
-//! [`NixlConfig::max_poll_interval`]) while only passive operations wait, and blocked on a
-//! condition variable, using no CPU, when idle. While owners poll, the thread stays parked:
-//! back-to-back operations whose owners await them wake it neither per operation nor per
-//! slice (see the `progress` module for its rhythm).
+//! first poll completes it, and the thread never hears of it. Between its own looks an owner
+//! also progresses this process's other agents that have an operation live, whose owners may
+//! be other futures of its own task (both sides of a transfer between two Connectors awaited
+//! with `join!`), polled only between slices. After that, one ferry thread per backend polls
+//! notifications and posted transfers, spinning only while a transfer is in flight, backing
+//! off (up to [`NixlConfig::max_poll_interval`]) while only passive operations wait, and
+//! blocked on a condition variable, using no CPU, when idle. While owners poll, the thread
+//! stays parked: back-to-back operations whose owners await them wake it neither per
+//! operation, nor per slice, nor per window; an operation nobody polls is looked at within
+//! 20 ms of its window's end (see the `progress` module for its rhythm).
 //!
 //! Its cost, measured with `cargo run --release -p ferry-backend-nixl --example idle_cpu` on a
 //! 2-vCPU VM: 0.0 % of a core with no operation; with one passive operation waiting for a peer,
@@ -119,7 +121,7 @@ use nixl_sys::{
 
 use prepared::{Prepared, Stage};
 
-use progress::{lock, ActiveSlot, PassiveSlot, Progress, SharedRequest};
+use progress::{lock, ActiveSlot, PassiveSlot, Progress, SharedRequest, ADOPT_WITHIN};
 
 /// The backend's name, as in metadata tags and errors.
 pub const NAME: &str = "nixl";
@@ -510,6 +512,7 @@ impl NixlBackend {
             live_transfers: state.active.len(),
             unmatched_notifications: state.unmatched,
             thread_wakes: state.wakes,
+            thread_parks: state.parks,
             finished_in_post: self.shared.finished_in_post.load(Ordering::Relaxed),
             registrations: lock(&self.shared.registrations).len(),
             loaded_peers,
@@ -532,6 +535,9 @@ pub struct NixlStats {
     /// Times an operation or a cancel woke the progress thread (owners that poll their
     /// operations themselves need not: see the crate's Progress section).
     pub thread_wakes: u64,
+    /// Times the progress thread parked: once per wake-up, whether an operation, a timer or
+    /// nothing at all woke it.
+    pub thread_parks: u64,
     /// Transfers NIXL finished within their post, which neither their owner nor the thread
     /// then polled: UCX moved the bytes during the post (CMA does between processes of one
     /// host).
@@ -732,7 +738,8 @@ impl ferry_core::Backend for NixlBackend {
             .map(|endpoint| {
                 let progress = &self.shared.progress;
                 // Its owner is about to poll for the notification itself (and so progress the
-                // agent); the thread stands by for an owner's window.
+                // agent); the thread stands by for an owner's window (and looks within
+                // ADOPT_WITHIN after it, should nobody poll).
                 let now = Instant::now();
                 let watch_from = now + progress.owner_spin;
                 let mut state = progress.lock();
@@ -745,7 +752,7 @@ impl ferry_core::Backend for NixlBackend {
                         watch_from: Some(watch_from),
                     },
                 );
-                progress.wake_by(&mut state, watch_from);
+                progress.wake_by(&mut state, watch_from + ADOPT_WITHIN);
                 drop(state);
                 Exposed {
                     endpoint,
@@ -951,7 +958,8 @@ impl NixlPeer {
         if !in_progress {
             self.shared.finished_in_post.fetch_add(1, Ordering::Relaxed);
         } else {
-            // Its owner is about to poll it; the thread stands by for an owner's window.
+            // Its owner is about to poll it; the thread stands by for an owner's window (and
+            // looks within ADOPT_WITHIN after it, should nobody poll).
             let progress = &self.shared.progress;
             let now = Instant::now();
             let watch_from = now + progress.owner_spin;
@@ -965,7 +973,7 @@ impl NixlPeer {
                     watch_from: Some(watch_from),
                 },
             );
-            progress.wake_by(&mut state, watch_from);
+            progress.wake_by(&mut state, watch_from + ADOPT_WITHIN);
         }
         Ok(ActiveTransfer {
             shared: self.shared.clone(),

@@ -4,16 +4,21 @@
 //! The agent runs without NIXL's own progress thread (nixl-sys's default spins a core), so this
 //! thread and the owners' polls are what drive UCX. An owner awaiting its operation polls
 //! NIXL itself for [`NixlConfig::owner_spin`](crate::NixlConfig::owner_spin) (which
-//! progresses the whole agent); the thread leaves the agent to it meanwhile, and watches an
-//! operation only once its owner's window has ended, or when its owner has not looked at it
-//! within one window of its exposure or posting. Its rhythm:
+//! progresses the whole agent); the thread leaves the agent to it meanwhile. An owner whose
+//! window ends with its operation still running hands it over and wakes the thread. An
+//! operation nobody polls (never awaited, or its owner's future dropped within its window) is
+//! looked at within [`ADOPT_WITHIN`] of its window's end (a window starts at the exposure or
+//! posting, and again at the owner's first poll). Its rhythm:
 //! - nothing to wait for: parked on a condition variable, no CPU at all. Registrations alone
 //!   are not something to wait for: a peer moves bytes through them only while one of this
 //!   agent's operations is live (a passive one until its notification), and those keep the
 //!   thread going. For 100 ms after an operation was exposed or posted it parks for at most
-//!   one owner's window at a time, so the owners of the next operations need not wake it;
-//! - owners polling their operations themselves: parked until the first of their windows
-//!   ends;
+//!   [`ADOPT_WITHIN`] at a time, so the owners of the next operations need not wake it;
+//! - owners polling their operations themselves: parked until woken by one that hands over,
+//!   or until [`ADOPT_WITHIN`] after the first of their windows ends. It sets no timer per
+//!   window: each one it wakes for (~1000 a second per busy process with a timer per window)
+//!   lands on a vCPU that is copying or polling, and cost 1 MiB operations ~5 µs each on the
+//!   2-vCPU development VM (BENCHMARKS.md, nixl, session 12);
 //! - a transfer in flight that only the thread watches: polls back to back, yielding the CPU
 //!   between rounds;
 //! - passive operations waiting for a peer with no owner polling: polls, then backs off from
@@ -71,7 +76,9 @@ pub(crate) struct State {
     nudged: bool,
     /// How many times it was woken so.
     pub(crate) wakes: u64,
-    /// Until then the thread parks for at most an owner's window at a time instead of
+    /// How many times it parked.
+    pub(crate) parks: u64,
+    /// Until then the thread parks for at most [`ADOPT_WITHIN`] at a time instead of
     /// indefinitely, so the next operation's owner need not wake it ([`Progress::wake_by`]):
     /// kept by every operation exposed or posted, [`WARM`] long.
     warm_until: Option<Instant>,
@@ -79,6 +86,10 @@ pub(crate) struct State {
 
 /// How long the thread stays warm after an operation was exposed or posted.
 const WARM: Duration = Duration::from_millis(100);
+
+/// How long after its owner's window ends an operation nobody polls may wait for the thread's
+/// first look (see the module docs): also the longest the thread parks while warm.
+pub(crate) const ADOPT_WITHIN: Duration = Duration::from_millis(20);
 
 /// How long the thread keeps progressing after the last operation ended.
 const LINGER: Duration = Duration::from_millis(100);
@@ -314,8 +325,9 @@ impl Progress {
     /// Each round it looks at the state under the lock: it polls notifications while a
     /// passive operation waits with no owner polling for it (or while it lingers and no owner
     /// polls at all), and every posted request no owner polls. With nothing to do it parks,
-    /// until the first owner's own window ends or until woken ([`Progress::wake_by`]), and for
-    /// at most an owner's window at a time while warm. After a round that found nothing it
+    /// until [`ADOPT_WITHIN`] after the first owner's own window ends or until woken
+    /// ([`Progress::wake_by`]), and for at most [`ADOPT_WITHIN`] at a time while warm. After a
+    /// round that found nothing it
     /// pauses, doubling from 2 µs up to the longest poll interval ([`LINGER_POLL`] while it
     /// only lingers).
     pub(crate) fn run(self: Arc<Self>) {
@@ -338,9 +350,9 @@ impl Progress {
                 let warm = state
                     .warm_until
                     .filter(|until| *until > now)
-                    .map(|until| until.min(now + self.owner_spin.max(FIRST_PAUSE)));
+                    .map(|until| until.min(now + ADOPT_WITHIN));
                 let resume = [
-                    survey.next_handover,
+                    survey.next_handover.map(|at| at + ADOPT_WITHIN),
                     quiet_until.filter(|_| wants_to_listen),
                     warm,
                 ]
@@ -348,6 +360,7 @@ impl Progress {
                 .flatten()
                 .min();
                 state.parked = Some(resume);
+                state.parks += 1;
                 let mut state = match resume {
                     None => self.work.wait(state).unwrap_or_else(|p| p.into_inner()),
                     Some(at) => {
