@@ -45,8 +45,12 @@
 //! off (up to [`NixlConfig::max_poll_interval`]) while only passive operations wait, and
 //! blocked on a condition variable, using no CPU, when idle. While owners poll, the thread
 //! stays parked: back-to-back operations whose owners await them wake it neither per
-//! operation, nor per slice, nor per window; an operation nobody polls is looked at within
-//! 20 ms of its window's end (see the `progress` module for its rhythm).
+//! operation, nor per slice, nor per window. The price: an operation nobody polls (exposed
+//! or posted, and not awaited yet) is looked at only within 20 ms of its window's end, so
+//! until its owner awaits it, a peer's transfer that needs this agent progressed (a write
+//! over UCX's tcp transport, or with `peer` error handling) can wait that long. With
+//! `owner_spin` zero the thread looks at every operation at once (see the `progress` module
+//! for its rhythm).
 //!
 //! Its cost, measured with `cargo run --release -p ferry-backend-nixl --example idle_cpu` on a
 //! 2-vCPU VM: 0.0 % of a core with no operation; with one passive operation waiting for a peer,
@@ -121,7 +125,7 @@ use nixl_sys::{
 
 use prepared::{Prepared, Stage};
 
-use progress::{lock, ActiveSlot, PassiveSlot, Progress, SharedRequest, ADOPT_WITHIN};
+use progress::{lock, ActiveSlot, PassiveSlot, Progress, SharedRequest};
 
 /// The backend's name, as in metadata tags and errors.
 pub const NAME: &str = "nixl";
@@ -752,7 +756,7 @@ impl ferry_core::Backend for NixlBackend {
                         watch_from: Some(watch_from),
                     },
                 );
-                progress.wake_by(&mut state, watch_from + ADOPT_WITHIN);
+                progress.wake_by(&mut state, progress.first_look(watch_from));
                 drop(state);
                 Exposed {
                     endpoint,
@@ -973,7 +977,7 @@ impl NixlPeer {
                     watch_from: Some(watch_from),
                 },
             );
-            progress.wake_by(&mut state, watch_from + ADOPT_WITHIN);
+            progress.wake_by(&mut state, progress.first_look(watch_from));
         }
         Ok(ActiveTransfer {
             shared: self.shared.clone(),
@@ -1012,8 +1016,8 @@ struct ActiveTransfer {
     remote_agent: AgentRef,
     key: NotificationKey,
     ended: bool,
-    /// NIXL finished the whole request, its notification included, within the post
-    /// (`NIXL_SUCCESS` rather than `NIXL_IN_PROG`: UCX moved the bytes there, as CMA does).
+    /// NIXL reported the whole request done within the post (`NIXL_SUCCESS` rather than
+    /// `NIXL_IN_PROG`: UCX moved the bytes there, as CMA does, and took the notification).
     /// Nothing is left to poll.
     done_at_post: bool,
     /// Whether the progress state may hold a slot for it: from a post still in progress, or
@@ -1136,8 +1140,7 @@ impl Transfer for ActiveTransfer {
                 Look::HandOver => break,
             }
         }
-        // The owner's window is over: the thread watches the request from now on (a poll
-        // with no task behind it, `status()`, must not leave it unprogressed).
+        // The owner's window is over: the thread watches the request from now on.
         self.watched = true;
         let progress = &self.shared.progress;
         let mut state = progress.lock();
@@ -1157,7 +1160,8 @@ impl Transfer for ActiveTransfer {
         self.ended = true;
         self.unwatch();
         if self.done_at_post {
-            // The bytes all moved, and the notification left, before the cancel.
+            // NIXL reported the whole request done (the bytes moved, the notification handed
+            // to UCX) before the cancel.
             return Some(Event::Completed);
         }
         let request = lock(&self.request).take()?;

@@ -12,8 +12,9 @@
 //! - nothing to wait for: parked on a condition variable, no CPU at all. Registrations alone
 //!   are not something to wait for: a peer moves bytes through them only while one of this
 //!   agent's operations is live (a passive one until its notification), and those keep the
-//!   thread going. For 100 ms after an operation was exposed or posted it parks for at most
-//!   [`ADOPT_WITHIN`] at a time, so the owners of the next operations need not wake it;
+//!   thread going. For 100 ms after an operation was exposed or posted (and not finished
+//!   within its post) it parks for at most [`ADOPT_WITHIN`] at a time, so the owners of the
+//!   next operations need not wake it;
 //! - owners polling their operations themselves: parked until woken by one that hands over,
 //!   or until [`ADOPT_WITHIN`] after the first of their windows ends. It sets no timer per
 //!   window: each one it wakes for (~1000 a second per busy process with a timer per window)
@@ -221,6 +222,17 @@ impl Progress {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// When the thread must first look at an operation exposed or posted now, whose owner's
+    /// window ends at `window_end`: [`ADOPT_WITHIN`] after it, or at once when owners do not
+    /// poll at all (`owner_spin` zero leaves every operation to the thread).
+    pub(crate) fn first_look(&self, window_end: Instant) -> Instant {
+        if self.owner_spin.is_zero() {
+            window_end
+        } else {
+            window_end + ADOPT_WITHIN
+        }
     }
 
     /// Wakes the thread if it would not look at `state` by `at` on its own. Call it, with

@@ -36,8 +36,8 @@ async fn awaited_operations_do_not_wake_the_progress_thread() {
     }
 }
 
-/// An operation that no owner polls still finishes: the progress thread looks at it once an
-/// owner's window after its post has passed, and drives it to the end.
+/// An operation that no owner polls still finishes: the progress thread looks at it within
+/// 20 ms of the end of the owner's window its post opened, and drives it to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_nobody_polls_are_finished_by_the_thread() {
     if let Err(reason) = ferry::nixl::available(None) {
@@ -95,7 +95,8 @@ async fn status_looks_once() {
         return;
     }
     let (owner, _) = connector("glance-owner").await;
-    let quickest = common::quickest_status_call(&owner).await;
+    let (reader, _) = connector("glance-reader").await;
+    let quickest = common::quickest_status_call(&owner, &reader).await;
     assert!(
         quickest < Duration::from_micros(150),
         "status() waited like an owner's poll: {quickest:?} at best"
@@ -130,9 +131,10 @@ async fn awaited_operations_set_the_thread_no_timer_per_window() {
         let parks = after.thread_parks - before.thread_parks;
         println!("{seed} cycles in {elapsed_ms} ms: the thread parked {parks} times");
         // One park per 20 ms, plus those after wake-ups by owners whose operation outlived
-        // their window on a loaded host: far below one per millisecond.
+        // their window on a loaded host, and lingering looks (every millisecond) in gaps
+        // between operations: well below the one per millisecond of the old rhythm.
         assert!(
-            parks < elapsed_ms / 4,
+            parks < elapsed_ms / 2,
             "{parks} parks in {elapsed_ms} ms: {after:?}"
         );
     }
