@@ -92,8 +92,10 @@ async fn status_looks_once() {
         println!("skipped: {reason}");
         return;
     }
-    let (owner, _) = connector("glance-owner", UcxConfig::default().owner_spin).await;
-    let quickest = common::quickest_status_call(&owner).await;
+    let spin = UcxConfig::default().owner_spin;
+    let (owner, _) = connector("glance-owner", spin).await;
+    let (reader, _) = connector("glance-reader", spin).await;
+    let quickest = common::quickest_status_call(&owner, &reader).await;
     assert!(
         quickest < Duration::from_micros(150),
         "status() waited like an owner's poll: {quickest:?} at best"

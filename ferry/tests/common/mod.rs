@@ -39,24 +39,41 @@ pub async fn read_in_pieces(
     assert_eq!(landing, source);
 }
 
-/// Creates a 4 KiB readable on `owner` that nobody reads, and times three `status()` calls on
-/// it, each of which must find it live; returns the quickest.
+/// Creates a 4 KiB readable on `owner` and times three `status()` calls on it before anyone
+/// reads it, each of which must find it live; then `reader` reads it, and both sides, awaited,
+/// complete with every byte. Returns the quickest call.
 #[allow(dead_code)] // not every test that includes this module uses it
-pub async fn quickest_status_call(owner: &Connector) -> std::time::Duration {
+pub async fn quickest_status_call(owner: &Connector, reader: &Connector) -> std::time::Duration {
     let source = ferry::demo::pattern(4096, 1);
+    let mut landing = vec![0u8; source.len()];
     let mut readable = owner
         .create_readable([Descriptor::from_slice(&source)])
         .await
         .expect("readable");
-    (0..3)
+    let quickest = (0..3)
         .map(|_| {
             let asked = std::time::Instant::now();
             let status = readable.status();
-            assert!(!status.is_terminal(), "nobody read it: {status:?}");
+            assert!(!status.is_terminal(), "nobody read it yet: {status:?}");
             asked.elapsed()
         })
         .min()
-        .expect("three calls")
+        .expect("three calls");
+    // Glances leave the operation to be awaited as usual.
+    let mut read = reader
+        .begin_read(
+            readable.metadata(),
+            [Descriptor::from_mut_slice(&mut landing)],
+        )
+        .await
+        .expect("begin_read");
+    let _ = read.status();
+    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
+    r.expect("read");
+    p.expect("readable");
+    drop(read);
+    assert_eq!(landing, source);
+    quickest
 }
 
 /// A Connector over its own NIXL agent made from `config`, keeping up to `cache`
