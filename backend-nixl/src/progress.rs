@@ -339,9 +339,8 @@ impl Progress {
     /// polls at all), and every posted request no owner polls. With nothing to do it parks,
     /// until [`ADOPT_WITHIN`] after the first owner's own window ends or until woken
     /// ([`Progress::wake_by`]), and for at most [`ADOPT_WITHIN`] at a time while warm. After a
-    /// round that found nothing it
-    /// pauses, doubling from 2 µs up to the longest poll interval ([`LINGER_POLL`] while it
-    /// only lingers).
+    /// round that found nothing it pauses, doubling from 2 µs up to the longest poll interval
+    /// ([`LINGER_POLL`] while it only lingers).
     pub(crate) fn run(self: Arc<Self>) {
         let mut interval = FIRST_PAUSE;
         let mut quiet_until: Option<Instant> = None;
