@@ -6,9 +6,9 @@
 //!   (`get_local_md`) as a zlib stream, the form Dynamo writes and reads (small metadata is
 //!   stored in the stream rather than compressed, which `zlib.decompress` reads alike; see
 //!   `zlib.rs`);
-//! - the active side loads that metadata (once per distinct blob; see below), builds transfer
-//!   descriptor lists over both sides' regions and posts one NIXL transfer whose notification
-//!   message is the notification key's text;
+//! - the active side loads that metadata (once per distinct blob; see "Remote agents"),
+//!   builds transfer descriptor lists over both sides' regions and posts one NIXL transfer
+//!   whose notification message is the notification key's text;
 //! - the passive side completes when that notification arrives; an active cancel waits for
 //!   NIXL to be done with the caller's memory (UCX cannot take back a posted get or put; see
 //!   `ActiveTransfer::drain`), then releases the request and sends `<key>:cancel`, which
@@ -57,6 +57,20 @@
 //! about 15 % at the default 100 µs longest pause and about 3.4 % at 1 ms (each round asks UCX
 //! to progress, which costs microseconds). A longer pause trades that CPU for up to that much
 //! extra delay before a passive operation sees its notification.
+//!
+//! # Remote agents
+//! The active side keeps the blobs it has loaded, by their bytes (up to
+//! [`NixlConfig::peer_cache`], least recently used first out), so a blob seen before costs no
+//! load. A remote agent stays loaded in NIXL while a cached blob of it or an operation holds
+//! it, and is unloaded (`invalidate_remote_md`) when neither does. NIXL adds the regions of
+//! every blob it loads to those it holds for the agent and drops none until the agent is
+//! unloaded, and a peer that registers memory per operation (Dynamo's way, and ferry's
+//! default) sends a new blob each time. So once NIXL holds more than `peer_cache` blobs of an
+//! agent, the next new blob that arrives while no operation uses the agent unloads it and
+//! loads it again from that blob alone ([`NixlStats::fresh_loads`]): one reconnection per
+//! `peer_cache` operations at worst, instead of holding every region the peer ever offered.
+//! While operations against an agent overlap without a break, its regions keep adding up
+//! until the first new blob after one.
 //!
 //! # Transfer requests
 //! An active operation's request is made with NIXL's `make_xfer_req` from prepared descriptor
@@ -116,7 +130,8 @@ use ferry_core::spin::{self, Look, Spin};
 use ferry_core::state::Event;
 use ferry_core::{
     BoxFuture, Capabilities, Descriptor, Device, DeviceKind, EndpointBlob, Error, Exposed, KeyPool,
-    NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, Side, Transfer,
+    NotificationKey, OperationKind, Peer, RdmaMetadata, Region, RegistrationId, RemoteDescriptor,
+    Side, Transfer,
 };
 use nixl_sys::{
     Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, OptArgs,
@@ -148,7 +163,9 @@ pub struct NixlConfig {
     pub agent_name: String,
     /// A folder holding `libnixl_capi.so`, searched before the others ([`library`]).
     pub library_dir: Option<PathBuf>,
-    /// How many distinct remote metadata blobs stay loaded (least recently used go first).
+    /// How many distinct remote metadata blobs stay loaded (least recently used go first), and
+    /// how many blobs of one remote agent NIXL may hold before the agent, once no operation
+    /// uses it, is unloaded and loaded again from its newest blob alone.
     pub peer_cache: usize,
     /// The longest pause of the progress thread while only passive operations wait.
     pub max_poll_interval: Duration,
@@ -294,6 +311,10 @@ struct Peers {
 struct Holders {
     blobs: usize,
     users: usize,
+    /// Blobs loaded into NIXL since the agent was last loaded afresh. NIXL adds the regions
+    /// of each to what it holds for the agent and drops none until the agent is unloaded,
+    /// whether or not the blob is still cached here.
+    loads: usize,
 }
 
 impl Peers {
@@ -391,6 +412,8 @@ struct Shared {
     next: AtomicU64,
     /// Requests NIXL finished within their post ([`NixlStats::finished_in_post`]).
     finished_in_post: AtomicU64,
+    /// Remote agents unloaded and loaded afresh ([`NixlStats::fresh_loads`]).
+    fresh_loads: AtomicU64,
     /// Bumped by every registration change: the local metadata changes with it.
     generation: AtomicU64,
     local_blob: Mutex<Option<(u64, EndpointBlob)>>,
@@ -462,6 +485,7 @@ impl NixlBackend {
             registrations: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             finished_in_post: AtomicU64::new(0),
+            fresh_loads: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             local_blob: Mutex::new(None),
             peers: Mutex::new(Peers {
@@ -500,6 +524,15 @@ impl NixlBackend {
         self.shared.agent.name()
     }
 
+    /// Whether NIXL holds metadata of `agent` (a remote agent's name) covering `region`:
+    /// whether this backend could make a request to it without loading that agent's metadata
+    /// again.
+    pub fn holds_remote_region(&self, agent: &str, region: &RemoteDescriptor) -> bool {
+        let span = (region.ptr as usize, region.size as usize, region.device);
+        prepared::descriptor_list(std::slice::from_ref(&span))
+            .is_ok_and(|list| self.shared.agent.check_remote_metadata(agent, Some(&list)))
+    }
+
     /// What the backend holds now.
     pub fn stats(&self) -> NixlStats {
         let (loaded_peers, remote_agents) = {
@@ -518,6 +551,7 @@ impl NixlBackend {
             thread_wakes: state.wakes,
             thread_parks: state.parks,
             finished_in_post: self.shared.finished_in_post.load(Ordering::Relaxed),
+            fresh_loads: self.shared.fresh_loads.load(Ordering::Relaxed),
             registrations: lock(&self.shared.registrations).len(),
             loaded_peers,
             remote_agents,
@@ -546,6 +580,10 @@ pub struct NixlStats {
     /// then polled: UCX moved the bytes during the post (CMA does between processes of one
     /// host).
     pub finished_in_post: u64,
+    /// Times a remote agent was unloaded and loaded again from its newest blob alone, because
+    /// NIXL held the regions of more of its blobs than [`NixlConfig::peer_cache`] (a peer
+    /// registering memory per operation sends a new blob each time).
+    pub fresh_loads: u64,
     /// Live memory registrations.
     pub registrations: usize,
     /// Distinct remote metadata blobs loaded.
@@ -625,6 +663,26 @@ impl Shared {
         unload(self, &released);
     }
 
+    /// Loads an agent's metadata into NIXL; returns the agent's name.
+    fn load(&self, metadata: &[u8]) -> Result<String, Error> {
+        // A newer blob of a loaded agent changes what its lists were prepared against; none
+        // is prepared or used until the load is done and they are released.
+        let mut prepared = lock(&self.prepared);
+        let loaded = self.agent.load_remote_md(metadata);
+        prepared.loaded(&loaded);
+        drop(prepared);
+        loaded.map_err(|e| match e {
+            // The metadata parsed, but the UCX plugin could not connect to the agent it
+            // names (its process is gone, or unreachable).
+            NixlError::BackendError => Error::PeerLost {
+                reason: format!("NIXL cannot connect to the agent in nixl_metadata: {e}"),
+            },
+            other => Error::InvalidMetadata {
+                reason: format!("NIXL refused the agent metadata: {other}"),
+            },
+        })
+    }
+
     /// The remote agent a blob names, loading its metadata unless this exact blob is loaded.
     ///
     /// Loads and unloads happen under the peers lock, so an agent is never unloaded between
@@ -645,22 +703,22 @@ impl Shared {
                 reason: format!("agent metadata inflates past {MAX_AGENT_METADATA} bytes"),
             },
         })?;
-        // A newer blob of a loaded agent changes what its lists were prepared against; none
-        // is prepared or used until the load is done and they are released.
-        let mut prepared = lock(&self.prepared);
-        let loaded = self.agent.load_remote_md(&metadata);
-        prepared.loaded(&loaded);
-        drop(prepared);
-        let name = loaded.map_err(|e| match e {
-            // The metadata parsed, but the UCX plugin could not connect to the agent it
-            // names (its process is gone, or unreachable).
-            NixlError::BackendError => Error::PeerLost {
-                reason: format!("NIXL cannot connect to the agent in nixl_metadata: {e}"),
-            },
-            other => Error::InvalidMetadata {
-                reason: format!("NIXL refused the agent metadata: {other}"),
-            },
-        })?;
+        let name = self.load(&metadata)?;
+        let capacity = peers.capacity;
+        let holders = peers.agents.entry(name.clone()).or_default();
+        holders.loads += 1;
+        if holders.loads > capacity && holders.users == 0 {
+            // NIXL still holds the regions of every blob of this agent loaded since it was
+            // last loaded afresh (a peer registering per operation sends a new one each
+            // time), which would grow without bound: nothing uses the agent now, so it
+            // starts again from this blob alone.
+            peers.drop_blobs(|agent, _| agent == name);
+            peers.agents.remove(&name);
+            unload(self, std::slice::from_ref(&name));
+            self.load(&metadata)?;
+            self.fresh_loads.fetch_add(1, Ordering::Relaxed);
+            peers.agents.entry(name.clone()).or_default().loads = 1;
+        }
         let mut released = Vec::new();
         if peers.loaded.len() >= peers.capacity {
             // Forget the least recently used blob; its agent is unloaded once nothing else

@@ -185,7 +185,7 @@ fn indices(n: usize, owned: &mut Vec<i32>) -> &[i32] {
 
 /// A transfer list over `spans`. NIXL takes one memory type per list, the first span's;
 /// validation has refused lists that mix devices.
-fn descriptor_list<'d>(spans: &[Span]) -> Result<XferDescList<'d>, NixlError> {
+pub(crate) fn descriptor_list<'d>(spans: &[Span]) -> Result<XferDescList<'d>, NixlError> {
     let (mem, _) = crate::mem_of(spans.first().map_or(Device::Cpu, |(_, _, device)| *device));
     let mut list = XferDescList::new(mem)?;
     for &(addr, len, device) in spans {

@@ -2,6 +2,10 @@
 //! blob of its metadata is cached or an operation uses it, and unloaded (NIXL's
 //! `invalidate_remote_md`) when neither holds it. Before, an agent stayed loaded in NIXL after
 //! its blob left the cache, so a long-lived worker meeting ever new peers kept them all.
+//!
+//! NIXL also keeps the regions of every blob of an agent it has loaded until the agent is
+//! unloaded, so an agent that stayed in use kept every region a peer registering per operation
+//! ever offered; now it is loaded afresh once it holds more blobs than the cache.
 #![cfg(feature = "nixl")]
 
 mod common;
@@ -9,7 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use ferry::nixl::{NixlBackend, NixlConfig};
-use ferry::Connector;
+use ferry::{Connector, Descriptor};
 
 async fn connector(name: &str, peer_cache: usize) -> (Connector, Arc<NixlBackend>) {
     let config = NixlConfig {
@@ -73,4 +77,57 @@ async fn finished_operations_leave_no_hold_on_their_agent() {
         assert_eq!(stats.remote_agents, 1, "after owner {i}: {stats:?}");
         assert_eq!(stats.loaded_peers, 1, "after owner {i}: {stats:?}");
     }
+}
+
+/// A peer registering per operation sends new agent metadata with every operation, over new
+/// regions; the reader's NIXL does not keep the regions of all of them. Before, the first
+/// region was still held after 40 operations (NIXL adds each blob's regions to the agent's and
+/// drops them only when the agent is unloaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_use_keeps_the_regions_of_few_blobs() {
+    if let Err(reason) = ferry::nixl::available(None) {
+        println!("skipped: {reason}");
+        return;
+    }
+    const CACHE: usize = 4;
+    const OPERATIONS: usize = 40;
+    let (reader, backend) = connector("regions", CACHE).await;
+    let (owner, owner_backend) = connector("offers", 256).await;
+    let agent = owner_backend.agent_name();
+    let arena = ferry::demo::pattern(4096 * OPERATIONS, 7);
+    let mut landing = vec![0u8; 4096];
+    let mut offered = Vec::new();
+    for piece in arena.chunks(4096) {
+        let mut readable = owner
+            .create_readable([Descriptor::from_slice(piece)])
+            .await
+            .expect("readable");
+        offered.push(readable.metadata().descriptors[0]);
+        let mut read = reader
+            .begin_read(
+                readable.metadata(),
+                [Descriptor::from_mut_slice(&mut landing)],
+            )
+            .await
+            .expect("begin_read");
+        let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
+        r.expect("read");
+        p.expect("readable");
+        drop((read, readable));
+        assert_eq!(landing, piece);
+    }
+    let held = offered
+        .iter()
+        .filter(|region| backend.holds_remote_region(&agent, region))
+        .count();
+    let stats = backend.stats();
+    assert!(
+        backend.holds_remote_region(&agent, offered.last().expect("offered")),
+        "{stats:?}"
+    );
+    assert!(
+        held <= CACHE + 1,
+        "NIXL holds {held} of the {OPERATIONS} regions offered: {stats:?}"
+    );
+    assert!(stats.fresh_loads >= 1, "{stats:?}");
 }
