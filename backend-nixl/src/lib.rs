@@ -2,10 +2,16 @@
 //!
 //! It speaks Dynamo 1.6.1's `nixl_connect` protocol, so a ferry worker and a Dynamo Python
 //! worker pair:
-//! - a passive operation's `nixl_metadata` is `"b64:"` + base64 of the agent metadata
-//!   (`get_local_md`) as a zlib stream, the form Dynamo writes and reads (small metadata is
-//!   stored in the stream rather than compressed, which `zlib.decompress` reads alike; see
-//!   `zlib.rs`);
+//! - a passive operation's `nixl_metadata` is `"b64:"` + base64 of agent metadata as a zlib
+//!   stream, the form Dynamo writes and reads (small metadata is stored in the stream rather
+//!   than compressed, which `zlib.decompress` reads alike; see `zlib.rs`). Where Dynamo sends
+//!   the whole agent's metadata (`get_local_md`: every region the agent has registered, so
+//!   whoever holds one operation's metadata can reach the memory of all the others), ferry's
+//!   offers the agent's connection info and the registrations covering that operation's
+//!   regions only (NIXL's partial metadata; see `offer.rs`), which Dynamo's workers load
+//!   alike. A registration is offered whole: where a region lies inside a larger registration
+//!   (a pinned pool, a cached registration), the smallest covering it is offered, and its
+//!   peer can reach all of it, as NIXL's keys are per registration;
 //! - the active side loads that metadata (once per distinct blob; see "Remote agents"),
 //!   builds transfer descriptor lists over both sides' regions and posts one NIXL transfer
 //!   whose notification message is the notification key's text;
@@ -114,6 +120,7 @@
 #![warn(missing_docs)]
 
 pub mod library;
+mod offer;
 mod prepared;
 mod progress;
 mod zlib;
@@ -134,7 +141,7 @@ use ferry_core::{
     Side, Transfer,
 };
 use nixl_sys::{
-    Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, OptArgs,
+    Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, OptArgs, RegDescList,
     RegistrationHandle, XferOp, XferRequest, XferStatus,
 };
 
@@ -208,6 +215,9 @@ fn backend_error(e: NixlError, side: Side, what: &str) -> Error {
         message: format!("{what}: {e}"),
     }
 }
+
+/// Blobs kept per registration state (see `Shared::local_endpoint`); past it they start over.
+const OFFERS_KEPT: usize = 64;
 
 /// A region as nixl-sys wants it described: host memory (DRAM) or a CUDA device's (VRAM).
 #[derive(Debug)]
@@ -408,7 +418,8 @@ struct Shared {
     agent: Agent,
     progress: Arc<Progress>,
     capabilities: Capabilities,
-    registrations: Mutex<HashMap<u64, RegistrationHandle>>,
+    /// Live registrations: the region each covers, and NIXL's handle.
+    registrations: Mutex<HashMap<u64, (prepared::Span, RegistrationHandle)>>,
     next: AtomicU64,
     /// Requests NIXL finished within their post ([`NixlStats::finished_in_post`]).
     finished_in_post: AtomicU64,
@@ -416,7 +427,12 @@ struct Shared {
     fresh_loads: AtomicU64,
     /// Bumped by every registration change: the local metadata changes with it.
     generation: AtomicU64,
-    local_blob: Mutex<Option<(u64, EndpointBlob)>>,
+    /// The agent's metadata as it was made, with no region registered: its head (the agent's
+    /// connection info) heads every offer; `None` where NIXL's serialisation does not read as
+    /// expected (see `offer`), and operations then offer the full metadata.
+    bare_metadata: Option<Vec<u8>>,
+    /// Blobs offered since the registrations last changed, by the regions they offer.
+    offers: Mutex<(u64, HashMap<Vec<prepared::Span>, EndpointBlob>)>,
     peers: Mutex<Peers>,
     entropy: Mutex<Entropy>,
     owner_spin: Duration,
@@ -462,6 +478,16 @@ impl NixlBackend {
             .create_backend("UCX", &params)
             .map_err(|e| unavailable(format!("creating the UCX backend: {e}")))?;
         let cuda_support = cuda_support(&agent, &ucx);
+        let bare_metadata = agent
+            .get_local_md()
+            .ok()
+            .filter(|metadata| offer::head(metadata).is_some());
+        if bare_metadata.is_none() {
+            tracing::warn!(
+                "NIXL's agent metadata does not read as expected: every operation will offer \
+                 all of this agent's registered memory"
+            );
+        }
         let progress = Progress::new(agent.clone(), config.max_poll_interval, config.owner_spin);
         let devices = match cuda_support {
             Ok(()) => vec![DeviceKind::Host, DeviceKind::Cuda],
@@ -487,7 +513,8 @@ impl NixlBackend {
             finished_in_post: AtomicU64::new(0),
             fresh_loads: AtomicU64::new(0),
             generation: AtomicU64::new(0),
-            local_blob: Mutex::new(None),
+            bare_metadata,
+            offers: Mutex::new((0, HashMap::new())),
             peers: Mutex::new(Peers {
                 capacity: config.peer_cache.max(1),
                 tick: 0,
@@ -618,18 +645,55 @@ impl Shared {
         }
     }
 
-    fn local_endpoint(&self) -> Result<EndpointBlob, Error> {
-        let generation = self.generation.load(Ordering::Acquire);
-        let mut cached = lock(&self.local_blob);
-        if let Some((at, blob)) = &*cached {
-            if *at == generation {
-                return Ok(blob.clone());
+    /// The registrations covering `local`'s regions, in order, each once: for each region the
+    /// smallest that covers it (the lowest where two are as small), so the offer is the same
+    /// while they live, and reaches no further than it must.
+    fn covering(&self, local: &[Descriptor<'_>]) -> Result<Vec<prepared::Span>, Error> {
+        let registrations = lock(&self.registrations);
+        let mut spans: Vec<prepared::Span> = Vec::with_capacity(local.len());
+        for (index, descriptor) in local.iter().enumerate() {
+            let (addr, len, device) = (
+                descriptor.addr() as usize,
+                descriptor.len(),
+                descriptor.device(),
+            );
+            let covers = |&(at, size, on): &prepared::Span| {
+                on == device && at <= addr && addr + len <= at + size
+            };
+            // Empty regions are registered too (NIXL wants every descriptor of a request in
+            // a registration), so they are offered like the others.
+            if spans.iter().any(covers) {
+                continue;
             }
+            let span = registrations
+                .values()
+                .map(|(span, _)| *span)
+                .filter(covers)
+                .min_by_key(|&(at, size, _)| (size, at))
+                .ok_or_else(|| Error::Backend {
+                    backend: NAME,
+                    side: Side::Local,
+                    code: -4,
+                    message: format!("descriptor {index} is not inside a registration"),
+                })?;
+            spans.push(span);
         }
-        let metadata = self
-            .agent
-            .get_local_md()
-            .map_err(|e| backend_error(e, Side::Local, "get_local_md"))?;
+        spans.sort_unstable();
+        Ok(spans)
+    }
+
+    /// The endpoint blob offering a peer the registrations that cover `local`, and no other.
+    fn local_endpoint(&self, local: &[Descriptor<'_>]) -> Result<EndpointBlob, Error> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let spans = self.covering(local)?;
+        let mut offers = lock(&self.offers);
+        if offers.0 != generation {
+            *offers = (generation, HashMap::new());
+        }
+        if let Some(blob) = offers.1.get(&spans) {
+            return Ok(blob.clone());
+        }
+        let metadata = self.offered_metadata(&spans)?;
         let compressed = zlib::deflate(&metadata).map_err(|e| Error::Backend {
             backend: NAME,
             side: Side::Local,
@@ -651,8 +715,42 @@ impl Shared {
             }
         }
         let blob = EndpointBlob::Nixl { compressed };
-        *cached = Some((generation, blob.clone()));
+        if offers.1.len() >= OFFERS_KEPT {
+            offers.1.clear();
+        }
+        offers.1.insert(spans, blob.clone());
         Ok(blob)
+    }
+
+    /// Agent metadata offering `spans` (registered regions): the agent's connection info and
+    /// those regions' sections, spliced from NIXL's partial metadata (see `offer`); the full
+    /// metadata where that cannot be read.
+    fn offered_metadata(&self, spans: &[prepared::Span]) -> Result<Vec<u8>, Error> {
+        let full = || {
+            self.agent
+                .get_local_md()
+                .map_err(|e| backend_error(e, Side::Local, "get_local_md"))
+        };
+        let Some(bare) = &self.bare_metadata else {
+            return full();
+        };
+        let (mem, _) = mem_of(spans.first().map_or(Device::Cpu, |&(_, _, device)| device));
+        let mut list =
+            RegDescList::new(mem).map_err(|e| backend_error(e, Side::Local, "offer list"))?;
+        for &(addr, len, device) in spans {
+            list.add_desc(addr, len, mem_of(device).1);
+        }
+        let partial = self
+            .agent
+            .get_local_partial_md(&list, None)
+            .map_err(|e| backend_error(e, Side::Local, "get_local_partial_md"))?;
+        match offer::splice(bare, &partial) {
+            Some(offered) => Ok(offered),
+            None => {
+                tracing::warn!("NIXL's partial metadata does not read as expected: offering all");
+                full()
+            }
+        }
     }
 
     /// Forgets every blob of `agent`, so the next operation against it loads its metadata and
@@ -766,7 +864,8 @@ impl ferry_core::Backend for NixlBackend {
             .register_memory(&raw, None)
             .map_err(|e| backend_error(e, Side::Local, "register_memory"))?;
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.shared.registrations).insert(id, handle);
+        let span = (raw.addr, raw.len, region.device);
+        lock(&self.shared.registrations).insert(id, (span, handle));
         self.shared.generation.fetch_add(1, Ordering::Release);
         Ok(RegistrationId(id))
     }
@@ -777,7 +876,9 @@ impl ferry_core::Backend for NixlBackend {
         let mut prepared = lock(&self.shared.prepared);
         prepared.forget_local();
         // Dropping the handle deregisters the memory.
-        let handle = lock(&self.shared.registrations).remove(&id.0);
+        let handle = lock(&self.shared.registrations)
+            .remove(&id.0)
+            .map(|(_, h)| h);
         let deregistered = handle.is_some();
         drop(handle);
         drop(prepared);
@@ -796,7 +897,7 @@ impl ferry_core::Backend for NixlBackend {
     ) -> BoxFuture<'a, Result<Exposed, Error>> {
         let settled = settle_streams(local);
         let exposed = settled
-            .and_then(|()| self.shared.local_endpoint())
+            .and_then(|()| self.shared.local_endpoint(local))
             .map(|endpoint| {
                 let progress = &self.shared.progress;
                 // Its owner is about to poll for the notification itself (and so progress the

@@ -100,22 +100,21 @@ async fn new_remote_metadata_releases_the_remote_lists() {
         return;
     }
     let (reader, backend) = connector("reader", 4).await;
-    let (owner, _) = connector("owner", 4).await;
-    let source = ferry::demo::pattern(4096, 11);
+    let (owner, _) = connector("owner", 0).await;
+    let pool = ferry::demo::pattern(16384, 11);
+    let source = &pool[..4096];
     let mut landing = vec![0u8; 4096];
-    read_into(&reader, &owner, &source, &mut landing).await;
+    read_into(&reader, &owner, source, &mut landing).await;
     assert_eq!(backend.stats().lists_prepared, 2);
 
-    // Each round the owner registers more memory, so its next readable carries new agent
-    // metadata; the reader loads it, releasing the remote list prepared against the old, and
-    // prepares it again over the same regions.
-    let extras: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
-    let extra_descriptors: Vec<Descriptor<'_>> =
-        extras.iter().map(|e| Descriptor::from_slice(e)).collect();
+    // Each round the owner pins a smaller pool around the source, so its next readable offers
+    // another registration and carries new agent metadata; the reader loads it, releasing the
+    // remote list prepared against the old, and prepares it again over the same regions.
+    let pools = [16384, 12288, 8192].map(|end| Descriptor::from_slice(&pool[..end]));
     let mut pins = Vec::new();
-    for (round, extra) in extra_descriptors.iter().enumerate() {
-        pins.push(owner.register([extra]).expect("register"));
-        read_into(&reader, &owner, &source, &mut landing).await;
+    for (round, around) in pools.iter().enumerate() {
+        pins.push(owner.register([around]).expect("register"));
+        read_into(&reader, &owner, source, &mut landing).await;
         let stats = backend.stats();
         assert_eq!(stats.prepared_lists, 2, "{stats:?}");
         assert_eq!(

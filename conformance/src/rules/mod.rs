@@ -240,6 +240,7 @@ macro_rules! __each_rule {
         $crate::__rule_test!($harness; validation::validation_stale_after_complete);
         $crate::__rule_test!($harness; validation::validation_stale_after_cancel);
         $crate::__rule_test!($harness; validation::validation_stale_unknown_key);
+        $crate::__rule_test!($harness; validation::validation_metadata_reaches_only_its_regions);
         $crate::__rule_test!($harness; validation::validation_unsupported_device);
         $crate::__rule_test!($harness; validation::validation_read_only_memory);
         $crate::__rule_test!($harness; validation::validation_refusal_loses_nothing);

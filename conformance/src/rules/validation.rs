@@ -331,6 +331,57 @@ pub async fn validation_stale_unknown_key<H: Harness>(h: H) -> Outcome {
     Ok(())
 }
 
+/// Metadata reaches only the memory it describes (SPEC §9): a peer that points one live
+/// readable's metadata at another live readable's region of the same Connector never gets
+/// those bytes. Backends that take the address from the metadata refuse it `AccessDenied`
+/// with no byte moved; those that address a peer's regions by the key alone (tcp) move the
+/// offered bytes. Either way the other readable is still read through its own metadata.
+pub async fn validation_metadata_reaches_only_its_regions<H: Harness>(h: H) -> Outcome {
+    let (a, b) = pair(&h).await;
+    let secret = pattern(4096, 21);
+    let public = pattern(4096, 22);
+    let mut hidden = a
+        .create_readable([Descriptor::from_slice(&secret)])
+        .await
+        .expect("readable over the secret");
+    let mut offered = a
+        .create_readable([Descriptor::from_slice(&public)])
+        .await
+        .expect("readable over the public bytes");
+    let mut forged = offered.metadata().clone();
+    forged.descriptors[0].ptr = hidden.metadata().descriptors[0].ptr;
+    let mut landing = vec![0u8; 4096];
+    let outcome = match b
+        .begin_read(&forged, [Descriptor::from_mut_slice(&mut landing)])
+        .await
+    {
+        Ok(mut read) => while_serving(&mut offered, read.wait_for_completion()).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Err(Error::AccessDenied { .. }) => {
+            assert_eq!(landing, vec![0u8; 4096], "no byte moved");
+        }
+        Ok(()) => assert!(landing == public, "only the offered bytes moved"),
+        other => panic!("{other:?}"),
+    }
+    drop(offered);
+    landing.fill(0);
+    let mut read = b
+        .begin_read(
+            &hidden.metadata().clone(),
+            [Descriptor::from_mut_slice(&mut landing)],
+        )
+        .await
+        .expect("begin");
+    let (done_read, done_hidden) = both(&mut read, &mut hidden).await;
+    done_read.expect("read through its own metadata");
+    done_hidden.expect("readable");
+    drop(read);
+    assert!(landing == secret);
+    Ok(())
+}
+
 /// A device the backend cannot reach is `UnsupportedDevice`: a peer's memory on a device this
 /// side cannot pair with is refused before anything connects. Where the peer moves its own
 /// memory (tcp stages device memory through its own host buffers), this side reaches a peer's
