@@ -10,8 +10,9 @@
 //!   offers the agent's connection info and the registrations covering that operation's
 //!   regions only (NIXL's partial metadata; see `offer.rs`), which Dynamo's workers load
 //!   alike. A registration is offered whole: where a region lies inside a larger registration
-//!   (a pinned pool, a cached registration), the smallest covering it is offered, and its
-//!   peer can reach all of it, as NIXL's keys are per registration;
+//!   (a pinned pool, a cached registration), the oldest covering it (the one the Connector
+//!   leases for it) is offered, and its peer can reach all of it, as NIXL's keys are per
+//!   registration;
 //! - the active side loads that metadata (once per distinct blob; see "Remote agents"),
 //!   builds transfer descriptor lists over both sides' regions and posts one NIXL transfer
 //!   whose notification message is the notification key's text;
@@ -352,6 +353,18 @@ impl Peers {
         released
     }
 
+    /// Forgets the least recently used blob where the cache is full; returns the agents
+    /// nothing holds any more (a newer blob of the same agent replaces its metadata).
+    fn make_room(&mut self) -> Vec<String> {
+        if self.loaded.len() < self.capacity {
+            return Vec::new();
+        }
+        match self.loaded.values().map(|(_, used)| *used).min() {
+            Some(oldest) => self.drop_blobs(|_, used| used == oldest),
+            None => Vec::new(),
+        }
+    }
+
     /// Whether nothing holds `agent` any more; forgets it if so.
     fn unheld(&mut self, agent: &str) -> bool {
         match self.agents.get(agent) {
@@ -413,7 +426,8 @@ impl Drop for AgentRef {
 struct Shared {
     /// Prepared descriptor lists (see `prepared`). Declared before `agent`, so released
     /// while the agent lives. Its lock is held across every deregistration and every load and
-    /// unload of remote metadata (lock order: `peers`, then this, then `registrations`).
+    /// unload of remote metadata (lock order: `offers`, then `peers`, then this, then
+    /// `registrations`).
     prepared: Mutex<Prepared>,
     agent: Agent,
     progress: Arc<Progress>,
@@ -645,40 +659,48 @@ impl Shared {
         }
     }
 
-    /// The registrations covering `local`'s regions, in order, each once: for each region the
-    /// smallest that covers it (the lowest where two are as small), so the offer is the same
-    /// while they live, and reaches no further than it must.
+    /// The registrations covering `local`'s regions, in order, none inside another: for each
+    /// region the oldest live registration covering it, the one the Connector leases for it
+    /// (`RegistrationCache::lookup` takes the lowest id), so the offer is the same while they
+    /// live. NIXL finds a region in nested sections only by luck (it looks at two neighbours),
+    /// so a registration inside another chosen one is left out: the outer one covers it.
     fn covering(&self, local: &[Descriptor<'_>]) -> Result<Vec<prepared::Span>, Error> {
+        let contains = |&(at, size, on): &prepared::Span, (addr, len, device): prepared::Span| {
+            on == device && at <= addr && addr.saturating_add(len) <= at.saturating_add(size)
+        };
         let registrations = lock(&self.registrations);
         let mut spans: Vec<prepared::Span> = Vec::with_capacity(local.len());
         for (index, descriptor) in local.iter().enumerate() {
-            let (addr, len, device) = (
+            // Empty regions are registered too (NIXL wants every descriptor of a request in
+            // a registration), so they are offered like the others.
+            let region = (
                 descriptor.addr() as usize,
                 descriptor.len(),
                 descriptor.device(),
             );
-            let covers = |&(at, size, on): &prepared::Span| {
-                on == device && at <= addr && addr + len <= at + size
-            };
-            // Empty regions are registered too (NIXL wants every descriptor of a request in
-            // a registration), so they are offered like the others.
-            if spans.iter().any(covers) {
+            if spans.iter().any(|span| contains(span, region)) {
                 continue;
             }
-            let span = registrations
-                .values()
-                .map(|(span, _)| *span)
-                .filter(covers)
-                .min_by_key(|&(at, size, _)| (size, at))
+            let (_, (span, _)) = registrations
+                .iter()
+                .filter(|(_, (span, _))| contains(span, region))
+                .min_by_key(|(&id, _)| id)
                 .ok_or_else(|| Error::Backend {
                     backend: NAME,
                     side: Side::Local,
                     code: -4,
                     message: format!("descriptor {index} is not inside a registration"),
                 })?;
-            spans.push(span);
+            spans.push(*span);
         }
+        drop(registrations);
         spans.sort_unstable();
+        spans.dedup();
+        let all = spans.clone();
+        spans.retain(|&inner| {
+            !all.iter()
+                .any(|outer| *outer != inner && contains(outer, inner))
+        });
         Ok(spans)
     }
 
@@ -687,10 +709,10 @@ impl Shared {
         let generation = self.generation.load(Ordering::Acquire);
         let spans = self.covering(local)?;
         let mut offers = lock(&self.offers);
-        if offers.0 != generation {
+        if offers.0 < generation {
             *offers = (generation, HashMap::new());
         }
-        if let Some(blob) = offers.1.get(&spans) {
+        if let Some(blob) = offers.1.get(&spans).filter(|_| offers.0 == generation) {
             return Ok(blob.clone());
         }
         let metadata = self.offered_metadata(&spans)?;
@@ -704,21 +726,23 @@ impl Shared {
             // Remember our own blobs: a Connector may pair with itself, and NIXL refuses to
             // load an agent's own metadata (it transfers locally under its own name instead).
             let mut peers = lock(&self.peers);
-            let tick = peers.tick;
             let own = self.agent.name();
-            if peers
-                .loaded
-                .insert(compressed.clone(), (own.clone(), tick))
-                .is_none()
-            {
+            if !peers.loaded.contains_key(&compressed) {
+                let released = peers.make_room();
+                unload(self, &released);
+                peers.tick += 1;
+                let tick = peers.tick;
+                peers.loaded.insert(compressed.clone(), (own.clone(), tick));
                 peers.add_blob(&own);
             }
         }
         let blob = EndpointBlob::Nixl { compressed };
-        if offers.1.len() >= OFFERS_KEPT {
-            offers.1.clear();
+        if offers.0 == generation {
+            if offers.1.len() >= OFFERS_KEPT {
+                offers.1.clear();
+            }
+            offers.1.insert(spans, blob.clone());
         }
-        offers.1.insert(spans, blob.clone());
         Ok(blob)
     }
 
@@ -781,12 +805,24 @@ impl Shared {
         })
     }
 
-    /// The remote agent a blob names, loading its metadata unless this exact blob is loaded.
+    /// The remote agent a blob names, held for a peer: counted under the lock that loaded or
+    /// found it, so no other thread's fresh load or eviction unloads it before it is held.
+    fn hold_remote_agent(self: &Arc<Self>, compressed: &[u8]) -> Result<AgentRef, Error> {
+        let mut peers = lock(&self.peers);
+        let name = self.remote_agent(&mut peers, compressed)?;
+        peers.agents.entry(name.clone()).or_default().users += 1;
+        Ok(AgentRef {
+            shared: self.clone(),
+            name,
+        })
+    }
+
+    /// The remote agent a blob names, loading its metadata unless this exact blob is loaded;
+    /// `peers` is the held peers lock.
     ///
     /// Loads and unloads happen under the peers lock, so an agent is never unloaded between
     /// another thread's load of it and that load's entry in the cache.
-    fn remote_agent(&self, compressed: &[u8]) -> Result<String, Error> {
-        let mut peers = lock(&self.peers);
+    fn remote_agent(&self, peers: &mut Peers, compressed: &[u8]) -> Result<String, Error> {
         peers.tick += 1;
         let tick = peers.tick;
         if let Some((name, used)) = peers.loaded.get_mut(compressed) {
@@ -817,14 +853,7 @@ impl Shared {
             self.fresh_loads.fetch_add(1, Ordering::Relaxed);
             peers.agents.entry(name.clone()).or_default().loads = 1;
         }
-        let mut released = Vec::new();
-        if peers.loaded.len() >= peers.capacity {
-            // Forget the least recently used blob; its agent is unloaded once nothing else
-            // holds it (a newer blob of the same agent replaces its metadata).
-            if let Some(oldest) = peers.loaded.values().map(|(_, used)| *used).min() {
-                released = peers.drop_blobs(|_, used| used == oldest);
-            }
-        }
+        let mut released = peers.make_room();
         peers
             .loaded
             .insert(compressed.to_vec(), (name.clone(), tick));
@@ -936,10 +965,10 @@ impl ferry_core::Backend for NixlBackend {
     ) -> BoxFuture<'a, Result<Arc<dyn Peer>, Error>> {
         let peer = match endpoint {
             EndpointBlob::Nixl { compressed } => {
-                self.shared.remote_agent(compressed).map(|agent| {
+                self.shared.hold_remote_agent(compressed).map(|agent| {
                     Arc::new(NixlPeer {
                         shared: self.shared.clone(),
-                        agent: AgentRef::new(self.shared.clone(), agent),
+                        agent,
                     }) as Arc<dyn Peer>
                 })
             }

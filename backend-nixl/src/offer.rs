@@ -15,7 +15,7 @@
 //! ```
 //!
 //! where every `len` is a native-endian `usize`. A head that does not read so is refused, and
-//! the caller offers the full metadata instead (see `Shared::offer`).
+//! the caller offers the full metadata instead (see `Shared::offered_metadata`).
 
 /// Where the memory sections of serialised agent metadata start, and the agent it names.
 #[derive(Debug, PartialEq, Eq)]
