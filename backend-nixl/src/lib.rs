@@ -433,7 +433,7 @@ struct Shared {
     progress: Arc<Progress>,
     capabilities: Capabilities,
     /// Live registrations: the region each covers, and NIXL's handle.
-    registrations: Mutex<HashMap<u64, (prepared::Span, RegistrationHandle)>>,
+    registrations: Mutex<HashMap<u64, (Region, RegistrationHandle)>>,
     next: AtomicU64,
     /// Requests NIXL finished within their post ([`NixlStats::finished_in_post`]).
     finished_in_post: AtomicU64,
@@ -446,7 +446,7 @@ struct Shared {
     /// expected (see `offer`), and operations then offer the full metadata.
     bare_metadata: Option<Vec<u8>>,
     /// Blobs offered since the registrations last changed, by the regions they offer.
-    offers: Mutex<(u64, HashMap<Vec<prepared::Span>, EndpointBlob>)>,
+    offers: Mutex<(u64, HashMap<Vec<Region>, EndpointBlob>)>,
     peers: Mutex<Peers>,
     entropy: Mutex<Entropy>,
     owner_spin: Duration,
@@ -664,26 +664,22 @@ impl Shared {
     /// (`RegistrationCache::lookup` takes the lowest id), so the offer is the same while they
     /// live. NIXL finds a region in nested sections only by luck (it looks at two neighbours),
     /// so a registration inside another chosen one is left out: the outer one covers it.
-    fn covering(&self, local: &[Descriptor<'_>]) -> Result<Vec<prepared::Span>, Error> {
-        let contains = |&(at, size, on): &prepared::Span, (addr, len, device): prepared::Span| {
-            on == device && at <= addr && addr.saturating_add(len) <= at.saturating_add(size)
+    fn covering(&self, local: &[Descriptor<'_>]) -> Result<Vec<Region>, Error> {
+        let covers = |outer: &Region, inner: &Region| {
+            outer.device == inner.device && outer.contains(inner.addr, inner.len)
         };
         let registrations = lock(&self.registrations);
-        let mut spans: Vec<prepared::Span> = Vec::with_capacity(local.len());
+        let mut chosen: Vec<Region> = Vec::with_capacity(local.len());
         for (index, descriptor) in local.iter().enumerate() {
             // Empty regions are registered too (NIXL wants every descriptor of a request in
             // a registration), so they are offered like the others.
-            let region = (
-                descriptor.addr() as usize,
-                descriptor.len(),
-                descriptor.device(),
-            );
-            if spans.iter().any(|span| contains(span, region)) {
+            let region = descriptor.region();
+            if chosen.iter().any(|outer| covers(outer, &region)) {
                 continue;
             }
-            let (_, (span, _)) = registrations
+            let (_, (registered, _)) = registrations
                 .iter()
-                .filter(|(_, (span, _))| contains(span, region))
+                .filter(|(_, (registered, _))| covers(registered, &region))
                 .min_by_key(|(&id, _)| id)
                 .ok_or_else(|| Error::Backend {
                     backend: NAME,
@@ -691,31 +687,28 @@ impl Shared {
                     code: -4,
                     message: format!("descriptor {index} is not inside a registration"),
                 })?;
-            spans.push(*span);
+            chosen.push(*registered);
         }
         drop(registrations);
-        spans.sort_unstable();
-        spans.dedup();
-        let all = spans.clone();
-        spans.retain(|&inner| {
-            !all.iter()
-                .any(|outer| *outer != inner && contains(outer, inner))
-        });
-        Ok(spans)
+        chosen.sort_unstable_by_key(|r| (r.device, r.addr, r.len));
+        chosen.dedup();
+        let nested = |inner: &Region| chosen.iter().any(|o| o != inner && covers(o, inner));
+        let offered = chosen.iter().copied().filter(|r| !nested(r)).collect();
+        Ok(offered)
     }
 
     /// The endpoint blob offering a peer the registrations that cover `local`, and no other.
     fn local_endpoint(&self, local: &[Descriptor<'_>]) -> Result<EndpointBlob, Error> {
         let generation = self.generation.load(Ordering::Acquire);
-        let spans = self.covering(local)?;
+        let regions = self.covering(local)?;
         let mut offers = lock(&self.offers);
         if offers.0 < generation {
             *offers = (generation, HashMap::new());
         }
-        if let Some(blob) = offers.1.get(&spans).filter(|_| offers.0 == generation) {
+        if let Some(blob) = offers.1.get(&regions).filter(|_| offers.0 == generation) {
             return Ok(blob.clone());
         }
-        let metadata = self.offered_metadata(&spans)?;
+        let metadata = self.offered_metadata(&regions)?;
         let compressed = zlib::deflate(&metadata).map_err(|e| Error::Backend {
             backend: NAME,
             side: Side::Local,
@@ -741,15 +734,15 @@ impl Shared {
             if offers.1.len() >= OFFERS_KEPT {
                 offers.1.clear();
             }
-            offers.1.insert(spans, blob.clone());
+            offers.1.insert(regions, blob.clone());
         }
         Ok(blob)
     }
 
-    /// Agent metadata offering `spans` (registered regions): the agent's connection info and
+    /// Agent metadata offering `regions` (registered ones): the agent's connection info and
     /// those regions' sections, spliced from NIXL's partial metadata (see `offer`); the full
     /// metadata where that cannot be read.
-    fn offered_metadata(&self, spans: &[prepared::Span]) -> Result<Vec<u8>, Error> {
+    fn offered_metadata(&self, regions: &[Region]) -> Result<Vec<u8>, Error> {
         let full = || {
             self.agent
                 .get_local_md()
@@ -758,11 +751,15 @@ impl Shared {
         let Some(bare) = &self.bare_metadata else {
             return full();
         };
-        let (mem, _) = mem_of(spans.first().map_or(Device::Cpu, |&(_, _, device)| device));
+        let (mem, _) = mem_of(regions.first().map_or(Device::Cpu, |r| r.device));
         let mut list =
             RegDescList::new(mem).map_err(|e| backend_error(e, Side::Local, "offer list"))?;
-        for &(addr, len, device) in spans {
-            list.add_desc(addr, len, mem_of(device).1);
+        for region in regions {
+            list.add_desc(
+                region.addr as usize,
+                region.len as usize,
+                mem_of(region.device).1,
+            );
         }
         let partial = self
             .agent
@@ -893,8 +890,7 @@ impl ferry_core::Backend for NixlBackend {
             .register_memory(&raw, None)
             .map_err(|e| backend_error(e, Side::Local, "register_memory"))?;
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let span = (raw.addr, raw.len, region.device);
-        lock(&self.shared.registrations).insert(id, (span, handle));
+        lock(&self.shared.registrations).insert(id, (region, handle));
         self.shared.generation.fetch_add(1, Ordering::Release);
         Ok(RegistrationId(id))
     }
