@@ -103,17 +103,12 @@ async fn an_agent_in_use_keeps_the_regions_of_few_blobs() {
             .await
             .expect("readable");
         offered.push(readable.metadata().descriptors[0]);
-        let mut read = reader
-            .begin_read(
-                readable.metadata(),
-                [Descriptor::from_mut_slice(&mut landing)],
-            )
-            .await
-            .expect("begin_read");
-        let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
-        r.expect("read");
-        p.expect("readable");
-        drop((read, readable));
+        common::read_readable(
+            &reader,
+            &mut readable,
+            [Descriptor::from_mut_slice(&mut landing)],
+        )
+        .await;
         assert_eq!(landing, piece);
     }
     let held = offered

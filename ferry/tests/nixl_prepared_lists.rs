@@ -219,17 +219,12 @@ async fn a_pin_inside_a_pool_is_offered_as_the_pool() {
         )
         .await
         .expect("readable");
-    let mut read = reader
-        .begin_read(
-            readable.metadata(),
-            landings.iter_mut().map(|l| Descriptor::from_mut_slice(l)),
-        )
-        .await
-        .expect("begin_read");
-    let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
-    r.expect("read");
-    p.expect("readable");
-    drop((read, readable));
+    common::read_readable(
+        &reader,
+        &mut readable,
+        landings.iter_mut().map(|l| Descriptor::from_mut_slice(l)),
+    )
+    .await;
     for (landing, range) in landings.iter().zip(pieces) {
         assert_eq!(landing.as_slice(), &pool[range]);
     }

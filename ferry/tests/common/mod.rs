@@ -1,6 +1,6 @@
 //! Helpers shared by the facade's integration tests.
 
-use ferry::{Connector, Descriptor};
+use ferry::{Connector, Descriptor, ReadableOperation};
 
 /// `reader` reads 4 KiB of `seed`'s pattern from a readable of `owner`, both sides to
 /// completion, and checks the bytes.
@@ -25,18 +25,29 @@ pub async fn read_in_pieces(
         .create_readable(source.chunks(piece).map(Descriptor::from_slice))
         .await
         .expect("readable");
+    read_readable(
+        reader,
+        &mut readable,
+        landing.chunks_mut(piece).map(Descriptor::from_mut_slice),
+    )
+    .await;
+    assert_eq!(landing, source);
+}
+
+/// `reader` reads `readable` into `landings`; both sides are awaited to completion.
+#[allow(dead_code)] // not every test that includes this module uses it
+pub async fn read_readable<'l>(
+    reader: &Connector,
+    readable: &mut ReadableOperation<'_>,
+    landings: impl IntoIterator<Item = Descriptor<'l>>,
+) {
     let mut read = reader
-        .begin_read(
-            readable.metadata(),
-            landing.chunks_mut(piece).map(Descriptor::from_mut_slice),
-        )
+        .begin_read(readable.metadata(), landings)
         .await
         .expect("begin_read");
     let (r, p) = tokio::join!(read.wait_for_completion(), readable.wait_for_completion());
     r.expect("read");
     p.expect("readable");
-    drop(read);
-    assert_eq!(landing, source);
 }
 
 /// Creates a 4 KiB readable on `owner` and times three `status()` calls on it before anyone
